@@ -1,0 +1,60 @@
+"""Run by tests/test_wame_implementations.py with TRITON_INTERPRET=1: the CUDA kernel, interpreted on CPU
+tensors, against the single-tensor path.
+
+Triton's interpreter evaluates tl.fma as x * y + z in numpy (two roundings): one ulp more than the 2 a GPU's
+fused multiply-add gives, and with L2 decay (grad + wd * w, which can cancel) only a relative agreement.
+"""
+
+import torch
+
+from wame_dist.optim import triton_kernel
+from wame_dist.optim.wame import _single_tensor_wame
+
+ULPS = 3
+HYPER = dict(
+    lr=1e-2, alpha=0.9, eta_minus=0.1, eta_plus=1.2, zeta_min=0.01, zeta_max=100.0, eps=1e-8,
+    weight_decay=0.0, decoupled_weight_decay=False, literal=False, maximize=False,
+)  # fmt: skip
+L2 = {"weight_decay": 0.01}
+CASES = (
+    {},
+    {"maximize": True},
+    {"weight_decay": 0.01, "decoupled_weight_decay": True},
+    {"literal": True},
+    L2,
+)
+
+
+def ulps(x, y, scale):
+    spacing = torch.nextafter(scale.abs(), torch.tensor(torch.inf)) - scale.abs()
+    return ((x - y).abs() / spacing).max().item()
+
+
+def check(dtype, options):
+    generator = torch.Generator().manual_seed(0)
+    n = 3000
+    w = torch.randn(n, generator=generator).to(dtype)
+    state = [torch.zeros(n, dtype=torch.int8), *(torch.full((n,), v, dtype=dtype) for v in (1.0, 0.0, 0.0))]
+    for _ in range(6):
+        g = (torch.randn(n, generator=generator) * (torch.rand(n, generator=generator) > 0.1)).to(dtype)
+        a = [w.clone(), *[s.clone() for s in state]]
+        b = [w.clone(), *[s.clone() for s in state]]
+        _single_tensor_wame([a[0]], [g], *[[t] for t in a[1:]], **{**HYPER, **options})
+        triton_kernel.wame_step_([b[0]], [g], *[[t] for t in b[1:]], **{**HYPER, **options})
+        assert torch.equal(a[1], b[1]), "prev_sign"
+        if dtype == torch.float32 and options != L2:
+            scale = torch.maximum(torch.maximum(w.abs(), a[0].abs()), (a[0] - w).abs())
+            assert ulps(a[0], b[0], scale) <= ULPS, (options, "weight")
+            for name, x, y in zip(("zeta", "z", "theta"), a[2:], b[2:]):
+                assert ulps(x, y, x) <= ULPS, (options, name)
+        else:
+            low = dtype == torch.bfloat16
+            for x, y in zip(a, b):
+                torch.testing.assert_close(x, y, rtol=2e-2 if low else 1e-4, atol=1e-3 if low else 1e-5)
+        w, state = a[0], a[1:]
+
+
+for dtype in (torch.float32, torch.bfloat16):
+    for options in CASES:
+        check(dtype, options)
+print("triton kernel agrees")

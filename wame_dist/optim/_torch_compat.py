@@ -1,0 +1,38 @@
+"""The only place where wame_dist touches torch.optim's private helpers.
+
+They change between torch releases; if one moves, this module is the single thing to mend.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.optim import optimizer as _optimizer
+
+
+def group_by_device_and_dtype(
+    params: list[torch.Tensor], *others: list[torch.Tensor]
+) -> dict[tuple[torch.device, torch.dtype], list[list[torch.Tensor]]]:
+    """Groups parallel tensor lists by the (device, dtype) of ``params``.
+
+    torch's grouping helper insists that every list share the parameter's dtype; WAME's int8 ``prev_sign``
+    does not, so only ``params`` is grouped and the other lists follow by index.
+    """
+    grouped = torch.optim.Optimizer._group_tensors_by_device_and_dtype([params], with_indices=True)
+    return {
+        key: [tensor_lists[0], *[[other[i] for i in indices] for other in others]]
+        for key, (tensor_lists, indices) in grouped.items()
+    }
+
+
+#: Turns a 1-element tensor hyperparameter into a 0-dim tensor, leaves floats alone.
+to_scalar = _optimizer._to_scalar
+
+
+def scalar_dtype() -> torch.dtype:
+    """The dtype torch.optim uses for the per-parameter ``step`` counter."""
+    return _optimizer._get_scalar_dtype()
+
+
+def foreach_supported_devices() -> list[str]:
+    """Device types on which ``torch._foreach_*`` kernels exist."""
+    return _optimizer._get_foreach_kernels_supported_devices()

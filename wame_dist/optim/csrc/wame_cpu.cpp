@@ -1,0 +1,133 @@
+// Fused WAME step for CPU tensors: one pass over memory per element, OpenMP threads via at::parallel_for.
+//
+// Each element does exactly what wame_dist.optim.wame._single_tensor_wame does with torch ops, in the same
+// order and with the same roundings (fp32/fp64), so that both agree to within 2 ulp: see the comments that
+// name the torch op each line mirrors. Half and bfloat16 are computed in float and rounded once at the end.
+//
+// Built at first use by wame_dist/optim/cpu_kernel.py with -O3 -march=native -fno-math-errno
+// (so sqrt vectorises) and -ffp-contract=off (so gcc adds no fused multiply-adds torch does not use).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+struct Hyper {
+  double lr, alpha, eta_minus, eta_plus, zeta_min, zeta_max, eps, weight_decay;
+};
+
+enum Decay { kNoDecay = 0, kL2 = 1, kDecoupled = 2 };
+
+template <typename T, bool kMaximize, int kDecay, bool kLiteral>
+void wame_range(T* __restrict__ w, const T* __restrict__ g, int8_t* __restrict__ prev, T* __restrict__ zeta,
+                T* __restrict__ z, T* __restrict__ theta, int64_t begin, int64_t end, const Hyper& h) {
+  using A = at::opmath_type<T>;
+  const A lr = static_cast<A>(h.lr), wd = static_cast<A>(h.weight_decay);
+  const A decay = static_cast<A>(1.0 - h.lr * h.weight_decay);
+  const A alpha = static_cast<A>(h.alpha), one_minus_alpha = static_cast<A>(1.0 - h.alpha);
+  const A eta_minus = static_cast<A>(h.eta_minus), eta_plus = static_cast<A>(h.eta_plus);
+  const A zeta_min = static_cast<A>(h.zeta_min), zeta_max = static_cast<A>(h.zeta_max);
+  const A eps = static_cast<A>(h.eps), neg_lr = -lr;
+  for (int64_t i = begin; i < end; ++i) {
+    A grad = static_cast<A>(g[i]);
+    A weight = static_cast<A>(w[i]);
+    if (kMaximize) grad = -grad;
+    if (kDecay == kL2) grad = std::fma(weight, wd, grad);   // grad.add(param, alpha=wd)
+    if (kDecay == kDecoupled) weight = weight * decay;      // param.mul_(1 - lr * wd)
+    // Written without branches (selects only) so that gcc vectorises the loop.
+    const A sign = static_cast<A>(grad > A(0)) - static_cast<A>(grad < A(0));  // torch.sign; NaN -> 0
+    const A agreement = sign * static_cast<A>(prev[i]);
+    A zt = static_cast<A>(zeta[i]);
+    A grown = zt * eta_plus;
+    grown = grown > zeta_max ? zeta_max : grown;
+    A shrunk = zt * eta_minus;
+    shrunk = shrunk < zeta_min ? zeta_min : shrunk;
+    zt = agreement > A(0) ? grown : zt;
+    zt = agreement < A(0) ? shrunk : zt;
+    A zz = static_cast<A>(z[i]);
+    zz = std::fma(one_minus_alpha, zt - zz, zz);            // z.lerp_(zeta, 1 - alpha)
+    A th = static_cast<A>(theta[i]) * alpha;                // theta.mul_(alpha)
+    th = std::fma(one_minus_alpha * grad, grad, th);        // .addcmul_(grad, grad, value=1 - alpha)
+    const A denom = (kLiteral ? th : std::sqrt(th)) + eps;  // theta(.sqrt()).add(eps)
+    weight = weight + neg_lr * (zz * grad) / denom;         // param.addcdiv_(z * grad, denom, value=-lr)
+    w[i] = static_cast<T>(weight);
+    prev[i] = static_cast<int8_t>(sign);
+    zeta[i] = static_cast<T>(zt);
+    z[i] = static_cast<T>(zz);
+    theta[i] = static_cast<T>(th);
+  }
+}
+
+template <typename T, bool kMaximize, int kDecay>
+void wame_tensor_decay(T* w, const T* g, int8_t* prev, T* zeta, T* z, T* theta, int64_t n, const Hyper& h,
+                       bool literal) {
+  // Grains of 64 KiB elements: large enough to amortise thread wake-up, small enough to balance.
+  at::parallel_for(0, n, 1 << 16, [&](int64_t begin, int64_t end) {
+    if (literal) {
+      wame_range<T, kMaximize, kDecay, true>(w, g, prev, zeta, z, theta, begin, end, h);
+    } else {
+      wame_range<T, kMaximize, kDecay, false>(w, g, prev, zeta, z, theta, begin, end, h);
+    }
+  });
+}
+
+template <typename T>
+void wame_tensor(T* w, const T* g, int8_t* prev, T* zeta, T* z, T* theta, int64_t n, const Hyper& h,
+                 bool decoupled, bool literal, bool maximize) {
+  const int decay = h.weight_decay == 0.0 ? kNoDecay : (decoupled ? kDecoupled : kL2);
+#define WAME_DECAY_CASE(MAX, DECAY) \
+  if (maximize == MAX && decay == DECAY) return wame_tensor_decay<T, MAX, DECAY>(w, g, prev, zeta, z, theta, n, h, literal);
+  WAME_DECAY_CASE(false, kNoDecay)
+  WAME_DECAY_CASE(false, kL2)
+  WAME_DECAY_CASE(false, kDecoupled)
+  WAME_DECAY_CASE(true, kNoDecay)
+  WAME_DECAY_CASE(true, kL2)
+  WAME_DECAY_CASE(true, kDecoupled)
+#undef WAME_DECAY_CASE
+}
+
+void check_row(const at::Tensor& param, const std::vector<at::Tensor>& row) {
+  TORCH_CHECK(param.device().is_cpu(), "wame_cpu: tensors must be on the CPU");
+  TORCH_CHECK(param.is_non_overlapping_and_dense(), "wame_cpu: parameters must be dense");
+  for (const auto& t : row) {
+    TORCH_CHECK(t.device().is_cpu() && t.numel() == param.numel() && t.strides() == param.strides(),
+                "wame_cpu: gradient and state must be CPU tensors with the parameter's shape and strides");
+  }
+}
+
+}  // namespace
+
+void wame_step_(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, std::vector<at::Tensor> prev_signs,
+                std::vector<at::Tensor> zetas, std::vector<at::Tensor> zs, std::vector<at::Tensor> thetas,
+                double lr, double alpha, double eta_minus, double eta_plus, double zeta_min, double zeta_max,
+                double eps, double weight_decay, bool decoupled_weight_decay, bool literal, bool maximize) {
+  const Hyper h{lr, alpha, eta_minus, eta_plus, zeta_min, zeta_max, eps, weight_decay};
+  for (size_t i = 0; i < params.size(); ++i) {
+    auto& p = params[i];
+    check_row(p, {grads[i], prev_signs[i], zetas[i], zs[i], thetas[i]});
+    TORCH_CHECK(prev_signs[i].scalar_type() == at::kChar, "wame_cpu: prev_sign must be int8");
+    TORCH_CHECK(grads[i].scalar_type() == p.scalar_type() && zetas[i].scalar_type() == p.scalar_type() &&
+                    zs[i].scalar_type() == p.scalar_type() && thetas[i].scalar_type() == p.scalar_type(),
+                "wame_cpu: gradient and state must have the parameter's dtype");
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "wame_cpu", [&] {
+      wame_tensor<scalar_t>(p.data_ptr<scalar_t>(), grads[i].data_ptr<scalar_t>(),
+                            prev_signs[i].data_ptr<int8_t>(), zetas[i].data_ptr<scalar_t>(),
+                            zs[i].data_ptr<scalar_t>(), thetas[i].data_ptr<scalar_t>(), p.numel(), h,
+                            decoupled_weight_decay, literal, maximize);
+    });
+  }
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  namespace py = pybind11;
+  m.def("wame_step_", &wame_step_, "Fused in-place WAME step over lists of CPU tensors", py::arg("params"),
+        py::arg("grads"), py::arg("prev_signs"), py::arg("zetas"), py::arg("zs"), py::arg("thetas"), py::kw_only(),
+        py::arg("lr"), py::arg("alpha"), py::arg("eta_minus"), py::arg("eta_plus"), py::arg("zeta_min"),
+        py::arg("zeta_max"), py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled_weight_decay"),
+        py::arg("literal"), py::arg("maximize"));
+}

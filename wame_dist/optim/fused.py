@@ -1,0 +1,114 @@
+"""The fused WAME implementation: which kernel serves which device, and whether it is available.
+
+CPU tensors go to the C++/OpenMP kernel (:mod:`wame_dist.optim.cpu_kernel`), CUDA tensors to the Triton
+kernel (:mod:`wame_dist.optim.triton_kernel`). A kernel handles tensors that are dense and share their
+parameter's strides (what torch creates for parameters, gradients and ``*_like`` state); any other row is
+updated by the multi-tensor implementation instead, so results never depend on memory layout.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from wame_dist.optim import _torch_compat, cpu_kernel
+
+CPU_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def unavailable_reason(params: list[Tensor]) -> str | None:
+    """Why the fused kernel cannot update ``params``, or None when it can."""
+    for p in params:
+        kind = p.device.type
+        if kind == "cpu":
+            if p.dtype not in CPU_DTYPES:
+                return f"the fused CPU kernel supports {CPU_DTYPES}, not {p.dtype}"
+            try:
+                cpu_kernel.load()
+            except cpu_kernel.KernelUnavailable as error:
+                return str(error)
+        elif kind == "cuda":
+            if p.dtype not in CUDA_DTYPES:
+                return f"the fused CUDA kernel supports {CUDA_DTYPES}, not {p.dtype}"
+            if importlib.util.find_spec("triton") is None:
+                return "the fused CUDA kernel needs Triton (pip install triton)"
+        else:
+            return f"no fused WAME kernel exists for {kind} tensors"
+    return None
+
+
+def require(params: list[Tensor]) -> None:
+    """Raises a RuntimeError saying what to do when ``fused=True`` cannot be honoured."""
+    reason = unavailable_reason(params)
+    if reason is not None:
+        raise RuntimeError(f"WAME(fused=True): {reason}. Pass fused=None to fall back to foreach.")
+
+
+def available(params: list[Tensor]) -> bool:
+    """True when the fused kernel can update ``params``; warns once per reason when it cannot."""
+    reason = unavailable_reason(params)
+    if reason is not None:
+        _warn_once(reason)
+    return reason is None
+
+
+@functools.cache
+def _warn_once(reason: str) -> None:
+    warnings.warn(
+        f"WAME: {reason}; using the multi-tensor implementation instead (pass fused=False to silence this).",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def _kernel_for(device: torch.device) -> Callable[..., None]:
+    if device.type == "cpu":
+        return cpu_kernel.load().wame_step_
+    from wame_dist.optim import triton_kernel
+
+    return triton_kernel.wame_step_
+
+
+def _is_dense(tensor: Tensor) -> bool:
+    """Contiguous in the default or the channels-last layout: the kernels walk the storage linearly."""
+    if tensor.is_contiguous():
+        return True
+    channels_last = {4: torch.channels_last, 5: torch.channels_last_3d}.get(tensor.dim())
+    return channels_last is not None and tensor.is_contiguous(memory_format=channels_last)
+
+
+def _kernel_can_take(row: tuple[Tensor, ...]) -> bool:
+    param = row[0]
+    return _is_dense(param) and all(
+        t.stride() == param.stride() and t.dtype == param.dtype for i, t in enumerate(row) if i != 2
+    )
+
+
+def fused_wame(
+    params: list[Tensor],
+    grads: list[Tensor],
+    prev_signs: list[Tensor],
+    zetas: list[Tensor],
+    zs: list[Tensor],
+    thetas: list[Tensor],
+    *,
+    multi_tensor_fallback: Callable[..., None],
+    **hyper: float | bool,
+) -> None:
+    """Updates the tensors in place with the fused kernel of their device; rows a kernel cannot take go to
+    ``multi_tensor_fallback`` with the same keyword hyperparameters."""
+    grouped = _torch_compat.group_by_device_and_dtype(params, grads, prev_signs, zetas, zs, thetas)
+    for (device, _), tensor_lists in grouped.items():
+        rows = list(zip(*tensor_lists))
+        dense = [row for row in rows if _kernel_can_take(row)]
+        other = [row for row in rows if not _kernel_can_take(row)]
+        if dense:
+            _kernel_for(device)(*map(list, zip(*dense)), **hyper)
+        if other:
+            multi_tensor_fallback(*map(list, zip(*other)), **hyper)

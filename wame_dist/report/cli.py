@@ -1,0 +1,34 @@
+"""The ``wame-dist report RESULTS --out DIR`` command."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from wame_dist.report.write import write_report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``wame-dist report``."""
+    parser = argparse.ArgumentParser(
+        prog="wame-dist report",
+        description="Write Table 2 (Markdown, CSV), Figure 1 (PNG per data set) and Friedman aligned-ranks "
+        "tests (Markdown, JSON) from a results file (JSON Lines, one finished run a line).",
+    )
+    parser.add_argument("results", help="the results file (.jsonl)")
+    parser.add_argument("--out", required=True, help="folder to write the report into (created if needed)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs ``wame-dist report``; prints the files written. A missing, empty or malformed results file
+    ends with argparse's usage error (exit status 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        paths = write_report(args.results, args.out)
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
+    for path in paths:
+        print(path)
+    return 0

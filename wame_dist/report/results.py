@@ -1,0 +1,104 @@
+"""Reading the results file (JSON Lines, one finished run a line) and choosing the runs to report."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Optimizer names as recorded, in the paper's order, with their display names.
+OPTIMIZERS = {"sgd": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "wame": "WAME"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished run: its key, training loss per (1-based) epoch, and its early-stopping outcome."""
+
+    dataset: str
+    model: str
+    optimizer: str
+    seed: int
+    lr: float
+    train_loss: Mapping[int, float]
+    best_epoch: int
+    test_acc_at_best: float
+    time_to_best_s: float
+    final: bool
+
+    @property
+    def key(self) -> tuple[str, str, str, int, float]:
+        """What identifies a run: (dataset, model, optimizer, seed, lr)."""
+        return self.dataset, self.model, self.optimizer, self.seed, self.lr
+
+
+def parse_run(record: Mapping) -> Run:
+    """A :class:`Run` from one decoded line of the results file; ``final`` is ``settings.role == "final"``."""
+    key = record["key"]
+    return Run(
+        dataset=key["dataset"],
+        model=key["model"],
+        optimizer=key["optimizer"],
+        seed=int(key["seed"]),
+        lr=float(key["lr"]),
+        train_loss={int(e["epoch"]): float(e["train_loss"]) for e in record["epochs"]},
+        best_epoch=int(record["best_epoch"]),
+        test_acc_at_best=float(record["test_acc_at_best"]),
+        time_to_best_s=float(record["time_to_best_s"]),
+        final=(record.get("settings") or {}).get("role") == "final",
+    )
+
+
+def read_runs(path: str | Path) -> list[Run]:
+    """Every run in the results file ``path``, in file order; blank lines are skipped.
+
+    Raises ``FileNotFoundError`` when the file is missing and ``ValueError`` when it holds no run or a
+    line is not a valid record (the message names the line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"results file not found: {path}")
+    runs = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                runs.append(parse_run(json.loads(line)))
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(f"{path}:{number}: not a valid run record ({err!r})") from err
+    if not runs:
+        raise ValueError(f"results file {path} holds no finished run")
+    return runs
+
+
+Groups = dict[tuple[str, str], dict[str, list[Run]]]
+
+
+def chosen_runs(runs: Sequence[Run]) -> Groups:
+    """The runs to report, as ``{(dataset, model): {optimizer: [runs]}}``, optimizers in the paper's order.
+
+    A results file may hold several learning rates per (dataset, optimizer, seed) from tuning. Per
+    (dataset, model, optimizer), the runs marked ``settings.role == "final"`` (the chosen lr) are used if
+    there is any, otherwise all of that group's runs. A run repeated under the same key (dataset, model,
+    optimizer, seed, lr) counts once: its last line wins.
+    """
+    latest = {run.key: run for run in runs}
+    groups: Groups = {}
+    for run in latest.values():
+        groups.setdefault((run.dataset, run.model), {}).setdefault(run.optimizer, []).append(run)
+    order = {name: i for i, name in enumerate(OPTIMIZERS)}
+    chosen: Groups = {}
+    for experiment in sorted(groups):
+        by_optimizer = groups[experiment]
+        chosen[experiment] = {}
+        for optimizer in sorted(by_optimizer, key=lambda name: (order.get(name, len(order)), name)):
+            group = by_optimizer[optimizer]
+            final = [run for run in group if run.final]
+            chosen[experiment][optimizer] = sorted(final or group, key=lambda run: (run.seed, run.lr))
+    return chosen
+
+
+def display_name(optimizer: str) -> str:
+    """The paper's spelling of an optimizer name (SGD, RMSprop, Adam, WAME); others as recorded."""
+    return OPTIMIZERS.get(optimizer, optimizer)
