@@ -179,10 +179,7 @@ class WAME(Optimizer):
             param, grad = (
                 (torch.view_as_real(p), torch.view_as_real(p.grad)) if p.is_complex() else (p, p.grad)
             )
-            state = self.state[p]
-            for key, factory in _STATE_FACTORIES.items():
-                if key not in state:
-                    state[key] = factory(param)
+            state = self._state_of(p, param)
             params.append(param)
             grads.append(grad)
             prev_signs.append(state["prev_sign"])
@@ -191,6 +188,29 @@ class WAME(Optimizer):
             thetas.append(state["theta"])
             steps.append(state["step"])
         return params, grads, prev_signs, zetas, zs, thetas, steps
+
+    def _state_of(self, p: Tensor, param: Tensor) -> dict[str, Tensor]:
+        """The state of ``p`` (``param``: its real view), each missing key created at its initial value, and
+        a ``prev_sign`` widened by a foreign checkpoint loader narrowed back to int8 (exactly)."""
+        state = self.state[p]
+        for key, factory in _STATE_FACTORIES.items():
+            if key not in state:
+                state[key] = factory(param)
+        if state["prev_sign"].dtype != torch.int8:
+            state["prev_sign"] = state["prev_sign"].to(torch.int8)
+        return state
+
+    @torch.no_grad()
+    def init_state(self) -> None:
+        """Creates the state of every parameter now instead of at its first step.
+
+        DeepSpeed ZeRO-1/2 links optimizer state to parameter fragments once, right after the first step
+        of the first group, and misses state that does not exist yet; ``wame_dist.deepspeed.initialize``
+        calls this so that ``deepspeed.utils.safe_get_full_optimizer_state`` works for every group.
+        """
+        for group in self.param_groups:
+            for p in group["params"]:
+                self._state_of(p, torch.view_as_real(p) if p.is_complex() else p)
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -1,0 +1,126 @@
+"""WAME under DeepSpeed ZeRO 1/2/3 and ZeRO-Offload on several real processes (gloo on CPU).
+
+Two launches (2 and 4 ranks) run every scenario; each test reads one result. The reference is plain
+single-process WAME on the same global batches (tests/ds_worker.py). Tolerances: DeepSpeed averages the
+ranks' gradients, which sums in another order than one process does; with WAME's default lr (1e-3) the
+parameters stay within 1e-5 after 20 steps and no gradient sign differs, so prev_sign and zeta are equal.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ds_worker import STATE_KEYS, ZERO, reference_run
+from launching import run_worker
+
+pytestmark = pytest.mark.multirank
+
+STEPS = 20
+PARAM_TOLERANCE = 1e-5
+MIXED = ["zero1", "zero2", "zero3"]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ranks2")
+    plan = [
+        ["train", {"configs": list(ZERO), "steps": STEPS}],
+        ["train", {"configs": ["zero2", "zero3"], "steps": STEPS, "clip": 0.05, "suffix": "_clip"}],
+        [
+            "train",
+            {"configs": ["zero2", "zero3_offload"], "steps": STEPS, "accumulation": 2, "suffix": "_gas2"},
+        ],
+        ["mixed", {"configs": MIXED}],
+        ["checkpoint", {"configs": ["zero1", "zero2", "zero3", "zero3_offload"], "ckpt": str(out / "ckpt")}],
+    ]
+    return run_worker(2, out, plan)
+
+
+@pytest.fixture(scope="module")
+def four_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ranks4")
+    return run_worker(4, out, [["train", {"configs": list(ZERO), "steps": STEPS}]])
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return reference_run(STEPS)
+
+
+def load(directory, name):
+    return torch.load(directory / f"{name}.pt", weights_only=False)
+
+
+def assert_matches_reference(result, reference, tolerance=PARAM_TOLERANCE):
+    params, state = reference
+    for name, expected in params.items():
+        assert (result["params"][name] - expected).abs().max() <= tolerance, name
+        got = result["state"][name]
+        assert torch.equal(got["prev_sign"].to(torch.int8), state[name]["prev_sign"]), name
+        assert torch.equal(got["zeta"], state[name]["zeta"]), name
+        for key in ("z", "theta"):
+            torch.testing.assert_close(got[key], state[name][key], rtol=1e-4, atol=1e-9)
+    assert result["wame_steps"] == [STEPS]
+
+
+@pytest.mark.parametrize("zero", list(ZERO))
+@pytest.mark.parametrize("ranks", ["two_ranks", "four_ranks"])
+def test_sharded_training_equals_one_process(ranks, zero, request, reference):
+    assert_matches_reference(load(request.getfixturevalue(ranks), zero), reference)
+
+
+@pytest.mark.parametrize("zero", list(ZERO))
+def test_each_rank_holds_only_its_partition(zero, two_ranks, four_ranks):
+    """Per-rank WAME state bytes are the total over the ranks divided by N, up to DeepSpeed's padding
+    (ZeRO-1/2 pad a group to a multiple of 2N elements, ZeRO-3 each parameter to a multiple of N)."""
+    model_params = sum(p.numel() for p in load(two_ranks, zero)["params"].values())
+    full_state = 13 * model_params  # 3 fp32 + 1 int8 per weight
+    for directory, n in ((two_ranks, 2), (four_ranks, 4)):
+        per_rank = load(directory, zero)["state_bytes_per_rank"]
+        assert len(per_rank) == n
+        n_tensors = len(load(directory, zero)["params"])
+        padding_bound = 13 * (2 * n if zero in ("zero1", "zero2", "zero2_offload") else n * n_tensors)
+        for got in per_rank:
+            assert full_state / n <= got <= full_state / n + padding_bound
+
+
+def test_gradient_clipping_matches_clipped_reference(two_ranks):
+    reference = reference_run(STEPS, clip=0.05)
+    for zero in ("zero2", "zero3"):
+        assert_matches_reference(load(two_ranks, f"{zero}_clip"), reference)
+
+
+def test_gradient_accumulation_matches_full_batch(two_ranks, reference):
+    for zero in ("zero2", "zero3_offload"):
+        assert_matches_reference(load(two_ranks, f"{zero}_gas2"), reference)
+
+
+@pytest.mark.parametrize("zero", MIXED)
+def test_bf16_and_fp16_train(zero, two_ranks):
+    for precision in ("bf16", "fp16"):
+        losses = load(two_ranks, f"{zero}_{precision}")["losses"]
+        assert all(torch.isfinite(torch.tensor(losses)))
+        assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, (precision, losses)
+
+
+@pytest.mark.parametrize("zero", MIXED)
+def test_overflow_step_leaves_wame_state_untouched(zero, two_ranks):
+    result = load(two_ranks, f"{zero}_fp16")
+    before, after = result["before"], result["after"]
+    assert after["skipped_steps"] == before["skipped_steps"] + 1
+    assert after["wame_steps"] == before["wame_steps"]
+    assert result["scales"][1] == result["scales"][0] / 2
+    for name in before["params"]:
+        assert torch.equal(before["params"][name], after["params"][name])
+        for key in STATE_KEYS:
+            assert torch.equal(before["state"][name][key], after["state"][name][key]), (name, key)
+
+
+@pytest.mark.parametrize("zero", ["zero1", "zero2", "zero3", "zero3_offload"])
+def test_checkpoint_resume_is_bitwise_identical(zero, two_ranks):
+    straight, resumed = load(two_ranks, f"{zero}_straight"), load(two_ranks, f"{zero}_resumed")
+    for name in straight["params"]:
+        assert torch.equal(straight["params"][name], resumed["params"][name]), name
+        for key in STATE_KEYS:
+            assert torch.equal(straight["state"][name][key], resumed["state"][name][key]), (name, key)
+    assert straight["wame_steps"] == resumed["wame_steps"] == [STEPS]

@@ -1,0 +1,110 @@
+"""Epoch checkpoints that a crash cannot spoil, and resuming from the newest complete one.
+
+``engine.save_checkpoint`` writes one folder per tag (``epoch0003``) from every rank. Only after all
+ranks are done does rank 0 mark the folder complete and point ``latest`` at it (written atomically; the
+same file DeepSpeed's own ``load_checkpoint(dir)`` reads). A crash during a save therefore leaves
+``latest`` on the previous complete checkpoint. Older complete checkpoints beyond ``keep_checkpoints``
+are deleted after the new one is complete.
+
+Resuming is exact: data order and dropout are seeded by (seed, epoch, rank), and the engine restores
+weights, WAME's state, loss scaler and learning-rate schedule.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from wame_dist import atomic
+from wame_dist.errors import BadInput
+from wame_dist.training.config import RunConfig
+
+COMPLETE = "COMPLETE"
+
+#: Settings a checkpoint must share with the run that resumes it.
+_MUST_MATCH = ("data", "model", "optimizer", "seed", "precision", "batch_size", "init_weights")
+
+
+def directory(run: RunConfig) -> Path:
+    return Path(run.out_dir) / "checkpoints"
+
+
+def save(engine, run: RunConfig, epoch: int, recorder) -> None:
+    folder = directory(run)
+    tag = f"epoch{epoch:04d}"
+    client_state = {"epoch": epoch, "recorder": recorder.state_dict(), "run": asdict(run)}
+    engine.save_checkpoint(str(folder), tag=tag, client_state=client_state, save_latest=False)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        atomic.write_text(folder / tag / COMPLETE, "")
+        atomic.write_text(folder / "latest", tag)
+        complete = sorted(p for p in folder.glob("epoch*") if (p / COMPLETE).exists())
+        for old in complete[: -run.keep_checkpoints]:
+            shutil.rmtree(old)
+    dist.barrier()
+
+
+def latest_complete(folder: Path) -> str | None:
+    """The tag ``latest`` names if that checkpoint is complete, else the newest complete one, else None."""
+    pointer = folder / "latest"
+    if pointer.exists():
+        tag = pointer.read_text().strip()
+        if (folder / tag / COMPLETE).exists() or ((folder / tag).is_dir() and not _ours(folder)):
+            return tag
+    complete = sorted(p.name for p in folder.glob("epoch*") if (p / COMPLETE).exists())
+    return complete[-1] if complete else None
+
+
+def _ours(folder: Path) -> bool:
+    """Whether the folder was written by :func:`save` (others, e.g. resharded ones, carry no markers)."""
+    return any((p / COMPLETE).exists() for p in folder.glob("epoch*"))
+
+
+def resume(engine, run: RunConfig, recorder) -> int:
+    """Loads the newest complete checkpoint of this run (or of ``--resume-from``, which must hold one), if
+    any; returns the first epoch still to train."""
+    own = directory(run)
+    own_tag = latest_complete(own) if own.exists() else None
+    folder, tag = own, own_tag
+    if run.resume_from is not None and own_tag is None:  # the run's own newer checkpoints win on a restart
+        folder = Path(run.resume_from)
+        tag = latest_complete(folder) if folder.is_dir() else None
+        if tag is None:
+            raise BadInput(f"--resume-from {folder}: no complete checkpoint there (a folder with 'latest')")
+    if tag is None:
+        return 1
+    check_compatible(folder / tag, run, dist.get_world_size())
+    _, client_state = engine.load_checkpoint(str(folder), tag=tag)
+    recorder.load_state_dict(client_state["recorder"])
+    return client_state["epoch"] + 1
+
+
+def check_compatible(path: Path, run: RunConfig, world_size: int) -> None:
+    """Fails, saying what to do, if the checkpoint at ``path`` belongs to another run or world size."""
+    states = sorted(path.glob("*model_states.pt"))
+    if not states:
+        raise BadInput(
+            f"{path} is not a DeepSpeed checkpoint (no *model_states.pt); delete it or use another --out-dir"
+        )
+    saved = torch.load(states[0], map_location="cpu", weights_only=False)
+    theirs: dict[str, Any] = saved.get("run", {})
+    ours = asdict(run)
+    differing = [k for k in _MUST_MATCH if theirs.get(k) != ours[k]]
+    if differing:
+        detail = "; ".join(f"{k}: checkpoint {theirs.get(k)!r}, this run {ours[k]!r}" for k in differing)
+        raise BadInput(
+            f"the checkpoint in {path} was written by another run ({detail}); use another --out-dir, or "
+            "delete the checkpoints to start over"
+        )
+    if saved.get("dp_world_size", world_size) != world_size:
+        raise BadInput(
+            f"the checkpoint in {path} was written by {saved['dp_world_size']} ranks, this job has "
+            f"{world_size}; "
+            f"reshard it first: wame-dist reshard {path.parent} --tag {path.name} --world-size {world_size} "
+            "--out NEW_DIR, then resume from NEW_DIR"
+        )

@@ -1,0 +1,109 @@
+"""What one training run is: a small dataclass per component, and the command line that fills them."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+from wame_dist.data import DATASETS
+from wame_dist.models import MODELS
+
+OPTIMIZERS = ("wame", "adam", "rmsprop", "sgd")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+#: The network of each data set in the paper (Table 1a for MNIST, Table 1b for CIFAR).
+DEFAULT_MODEL = {"digits": "table1a", "mnist": "table1a", "cifar10": "table1b", "cifar100": "table1b"}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str | None = None  # None: the paper's network for the data set
+    width: float = 1.0
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: str | None = None  # None: the DeepSpeed config's own "optimizer" block
+    lr: float | None = None  # None: the optimizer's documented default (wame_dist.training.optimizers)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    deepspeed_config: str
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    precision: str | None = None  # None: as the DeepSpeed config says
+    batch_size: int | None = None  # global batch; None: the config's train_batch_size
+    epochs: int = 10
+    seed: int = 0
+    init_weights: str | None = None
+    out_dir: str = "runs/latest"
+    resume_from: str | None = None  # a checkpoint folder (e.g. resharded); default: out_dir's own
+    checkpoint_every: int = 1  # epochs between checkpoints; 0: none
+    keep_checkpoints: int = 2
+    max_steps: int | None = None  # stop after this many optimizer steps (tests, smoke runs)
+    compile: bool = False
+    timeout_s: int = 600  # a collective waiting longer than this fails the job instead of hanging it
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name or DEFAULT_MODEL[self.data.dataset]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Train a Table 1 network with WAME (or a baseline) under DeepSpeed.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--deepspeed_config", "--deepspeed-config", required=True, help="DeepSpeed JSON config")
+    p.add_argument("--dataset", choices=DATASETS, default="digits")
+    p.add_argument("--data-dir", default=None, help="folder with the MNIST / CIFAR files (default ./data)")
+    p.add_argument("--download", action="store_true", help="let torchvision download missing data")
+    p.add_argument("--model", choices=MODELS, default=None, help="default: the paper's network for the data")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (1 = the paper's network)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="default: the config's optimizer")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--precision", choices=PRECISIONS, default=None, help="default: as the config says")
+    p.add_argument("--batch-size", type=int, default=None, help="global batch (default: train_batch_size)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-weights", default=None, help="start from this file (wame-dist init-weights)")
+    p.add_argument("--out-dir", default="runs/latest", help="metrics, result and checkpoints go here")
+    p.add_argument("--resume-from", default=None, help="checkpoint folder to start from (default: out-dir's)")
+    p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (0: none)")
+    p.add_argument("--keep-checkpoints", type=int, default=2)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--timeout", type=int, default=600, help="seconds before a stuck collective fails the job")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> RunConfig:
+    args = parser().parse_args(argv)
+    return RunConfig(
+        deepspeed_config=args.deepspeed_config,
+        data=DataConfig(args.dataset, args.data_dir, args.download),
+        model=ModelConfig(args.model, args.width),
+        optimizer=OptimizerConfig(args.optimizer, args.lr),
+        precision=args.precision,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        seed=args.seed,
+        init_weights=args.init_weights,
+        out_dir=args.out_dir,
+        resume_from=args.resume_from,
+        checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints,
+        max_steps=args.max_steps,
+        compile=args.compile,
+        timeout_s=args.timeout,
+    )

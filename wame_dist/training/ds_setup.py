@@ -1,0 +1,61 @@
+"""The DeepSpeed config of one run: the file, plus the run's overrides, checked before anything starts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wame_dist.deepspeed.config import ConfigError, read_config
+from wame_dist.training.config import RunConfig
+from wame_dist.training.optimizers import needs_untested_flag, optimizer_block
+
+
+def run_deepspeed_config(run: RunConfig, world_size: int) -> dict[str, Any]:
+    """Reads ``run.deepspeed_config`` and applies the command line's optimizer, rate, precision and batch."""
+    config = read_config(run.deepspeed_config)
+    if run.optimizer.name is not None:
+        config["optimizer"] = optimizer_block(run.optimizer.name, run.optimizer.lr)
+    elif run.optimizer.lr is not None:
+        if "optimizer" not in config:
+            raise ConfigError(
+                f"--lr needs an optimizer: add --optimizer or an 'optimizer' block to {run.deepspeed_config}"
+            )
+        config["optimizer"].setdefault("params", {})["lr"] = run.optimizer.lr
+    if "optimizer" not in config:
+        raise ConfigError(f"{run.deepspeed_config} has no 'optimizer' block; add one or pass --optimizer")
+    if needs_untested_flag(config["optimizer"]):
+        config["zero_allow_untested_optimizer"] = True
+    if run.precision is not None:
+        config["bf16"] = {**config.get("bf16", {}), "enabled": run.precision == "bf16"}
+        config["fp16"] = {**config.get("fp16", {}), "enabled": run.precision == "fp16"}
+    if run.batch_size is not None:
+        config["train_batch_size"] = run.batch_size
+        config.pop("train_micro_batch_size_per_gpu", None)
+    check_batch(config, world_size, run.deepspeed_config)
+    return config
+
+
+def check_batch(config: dict[str, Any], world_size: int, source: str) -> None:
+    """Fails early, saying what to do, when the batch cannot be split evenly over the ranks."""
+    total = config.get("train_batch_size")
+    accumulation = config.get("gradient_accumulation_steps", 1)
+    micro = config.get("train_micro_batch_size_per_gpu")
+    if total is None and micro is None:
+        raise ConfigError(f"{source} sets neither train_batch_size nor train_micro_batch_size_per_gpu")
+    if total is not None and micro is None and total % (accumulation * world_size):
+        raise ConfigError(
+            f"train_batch_size {total} cannot be split over {world_size} rank(s) x {accumulation} "
+            f"accumulation step(s); use a batch size that is a multiple of {accumulation * world_size} "
+            "(--batch-size) or another number of ranks"
+        )
+    if total is not None and micro is not None and total != micro * accumulation * world_size:
+        raise ConfigError(
+            f"train_batch_size {total} != train_micro_batch_size_per_gpu {micro} x "
+            f"gradient_accumulation_steps {accumulation} x {world_size} rank(s); drop one from {source}"
+        )
+
+
+def micro_batch_size(config: dict[str, Any], world_size: int) -> int:
+    accumulation = config.get("gradient_accumulation_steps", 1)
+    return config.get("train_micro_batch_size_per_gpu") or config["train_batch_size"] // (
+        accumulation * world_size
+    )
