@@ -27,7 +27,7 @@ from torch.utils.data import DistributedSampler
 from wame_dist import WAME
 from wame_dist.data import load_splits
 from wame_dist.deepspeed import initialize
-from wame_dist.deepspeed.initialize import client_optimizer
+from wame_dist.deepspeed.engine import client_optimizer
 from wame_dist.launch_env import discover
 
 STATE_KEYS = ("prev_sign", "zeta", "z", "theta")

@@ -2,6 +2,7 @@
 
 from wame_dist.data.batches import DeviceBatches
 from wame_dist.data.load import DATASETS, DEFAULT_DATA_DIR, load_splits
+from wame_dist.data.shapes import SHAPES
 from wame_dist.data.splits import Splits
 
-__all__ = ["DATASETS", "DEFAULT_DATA_DIR", "DeviceBatches", "Splits", "load_splits"]
+__all__ = ["DATASETS", "DEFAULT_DATA_DIR", "SHAPES", "DeviceBatches", "Splits", "load_splits"]

@@ -9,7 +9,7 @@ from wame_dist.data import DATASETS
 from wame_dist.models import MODELS
 
 OPTIMIZERS = ("wame", "adam", "rmsprop", "sgd")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "bf16-autocast")
 
 #: The network of each data set in the paper (Table 1a for MNIST, Table 1b for CIFAR).
 DEFAULT_MODEL = {"digits": "table1a", "mnist": "table1a", "cifar10": "table1b", "cifar100": "table1b"}

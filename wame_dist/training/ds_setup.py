@@ -24,9 +24,11 @@ def run_deepspeed_config(run: RunConfig, world_size: int) -> dict[str, Any]:
         raise ConfigError(f"{run.deepspeed_config} has no 'optimizer' block; add one or pass --optimizer")
     if needs_untested_flag(config["optimizer"]):
         config["zero_allow_untested_optimizer"] = True
-    if run.precision is not None:
+    if run.precision is not None:  # bf16/fp16: DeepSpeed's mixed precision (fp32 master weights in WAME);
+        # bf16-autocast: fp32 weights, the forward pass under torch.autocast (DeepSpeed's "torch_autocast")
         config["bf16"] = {**config.get("bf16", {}), "enabled": run.precision == "bf16"}
         config["fp16"] = {**config.get("fp16", {}), "enabled": run.precision == "fp16"}
+        config["torch_autocast"] = {"enabled": run.precision == "bf16-autocast", "dtype": "bfloat16"}
     if run.batch_size is not None:
         config["train_batch_size"] = run.batch_size
         config.pop("train_micro_batch_size_per_gpu", None)
@@ -41,6 +43,9 @@ def check_batch(config: dict[str, Any], world_size: int, source: str) -> None:
     micro = config.get("train_micro_batch_size_per_gpu")
     if total is None and micro is None:
         raise ConfigError(f"{source} sets neither train_batch_size nor train_micro_batch_size_per_gpu")
+    for name, value in (("train_batch_size", total), ("train_micro_batch_size_per_gpu", micro)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{name} must be a positive integer, not {value!r} (--batch-size or {source})")
     if total is not None and micro is None and total % (accumulation * world_size):
         raise ConfigError(
             f"train_batch_size {total} cannot be split over {world_size} rank(s) x {accumulation} "

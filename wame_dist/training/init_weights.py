@@ -17,7 +17,27 @@ import torch
 import torch.distributed as dist
 
 from wame_dist.atomic import torch_save
+from wame_dist.data import SHAPES
 from wame_dist.errors import BadInput
+from wame_dist.models import build_model
+
+
+def network_settings(dataset: str, model: str, width: float) -> dict[str, Any]:
+    """Everything that shapes the network's weights (the seed aside)."""
+    shape = SHAPES[dataset]
+    return {"model": model, "width": width, **shape._asdict()}
+
+
+def initial_network(settings: dict[str, Any], seed: int) -> torch.nn.Module:
+    """The network of ``settings`` with the initial weights of ``seed`` (the same draw on every rank)."""
+    torch.manual_seed(seed)
+    return build_model(
+        settings["model"],
+        num_classes=settings["num_classes"],
+        in_channels=settings["in_channels"],
+        width=settings["width"],
+        image_size=settings["image_size"],
+    )
 
 
 def parameters_hash(model: torch.nn.Module) -> str:

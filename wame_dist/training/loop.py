@@ -20,7 +20,7 @@ from torch.utils.data import DistributedSampler
 import wame_dist.deepspeed
 from wame_dist.data import DeviceBatches, load_splits
 from wame_dist.launch_env import discover
-from wame_dist.models import build_model, count_parameters
+from wame_dist.models import count_parameters
 from wame_dist.training import checkpoints, init_weights
 from wame_dist.training.config import RunConfig
 from wame_dist.training.ds_setup import micro_batch_size, run_deepspeed_config
@@ -44,21 +44,8 @@ def train(run: RunConfig) -> dict[str, Any]:
     progress = Progress(enabled=rank == 0)
 
     splits = load_splits(run.data.dataset, run.data.data_dir, download=run.data.download).to(device)
-    settings = {
-        "model": run.model_name,
-        "width": run.model.width,
-        "num_classes": splits.num_classes,
-        "in_channels": splits.in_channels,
-        "image_size": splits.image_size,
-    }
-    torch.manual_seed(run.seed)  # the initial draw, identical on every rank
-    model = build_model(
-        run.model_name,
-        num_classes=splits.num_classes,
-        in_channels=splits.in_channels,
-        width=run.model.width,
-        image_size=splits.image_size,
-    )
+    settings = init_weights.network_settings(run.data.dataset, run.model_name, run.model.width)
+    model = init_weights.initial_network(settings, run.seed)
     if run.init_weights:
         init_weights.load_init_weights(run.init_weights, model, {**settings, "seed": run.seed})
     init_hash = init_weights.parameters_hash(model)

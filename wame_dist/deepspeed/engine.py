@@ -59,7 +59,12 @@ def initialize(
                 "as the optimizer argument; keep one of them"
             )
         arguments = ds_config.wame_arguments(loaded)
-        WAME([{"params": []}], **arguments)  # bad hyperparameters fail here, before DeepSpeed starts
+        try:
+            WAME([{"params": []}], **arguments)  # bad hyperparameters fail here, before DeepSpeed starts
+        except ValueError as error:
+            raise ds_config.ConfigError(
+                f"the WAME optimizer block of the DeepSpeed config: {error}"
+            ) from None
         optimizer = functools.partial(WAME, **arguments)  # DeepSpeed calls it with the parameters
     elif not _is_wame(optimizer):
         return deepspeed.initialize(

@@ -1,0 +1,76 @@
+"""launch/train.py with one injected fault, for the fault-tolerance tests (never used outside them):
+
+    python tests/fault_worker.py FAULT -- TRAIN_ARGS...
+
+FAULT is one of
+    die:RANK:STEP        rank RANK exits with status 3 just before optimizer step STEP (a crashed rank);
+    crash-in-save:EPOCH  every rank dies half-way through writing the checkpoint of EPOCH (a power cut);
+    skew-init:RANK       rank RANK's initial weights are perturbed (a rank that built another model).
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+from pathlib import Path
+
+import torch
+from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+from deepspeed.runtime.engine import DeepSpeedEngine
+
+import wame_dist.training.init_weights as init_weights
+
+TRAIN = Path(__file__).resolve().parents[1] / "launch" / "train.py"
+
+
+def rank() -> int:
+    """This process's rank, once wame_dist.launch_env has set it (under mpirun it is not set at start)."""
+    return int(os.environ.get("RANK", "-1"))
+
+
+def inject(fault: str) -> None:
+    kind, *where = fault.split(":")
+    if kind == "die":
+        victim, at_step = map(int, where)
+        original_step = DeepSpeedEngine.step
+
+        def step(self, *args, **kwargs):
+            if rank() == victim and self.global_steps + 1 == at_step:
+                os._exit(3)
+            return original_step(self, *args, **kwargs)
+
+        DeepSpeedEngine.step = step
+    elif kind == "crash-in-save":
+        (epoch,) = map(int, where)
+        original_save = TorchCheckpointEngine.save
+
+        def save(self, state_dict, path):
+            if f"epoch{epoch:04d}" in str(path):
+                Path(path).write_bytes(b"half a checkpoint")
+                os._exit(4)
+            return original_save(self, state_dict, path)
+
+        TorchCheckpointEngine.save = save
+    elif kind == "skew-init":
+        (victim,) = map(int, where)
+        original_network = init_weights.initial_network
+
+        def initial_network(*args, **kwargs):
+            model = original_network(*args, **kwargs)
+            if rank() == victim:
+                with torch.no_grad():
+                    next(model.parameters()).add_(1e-3)
+            return model
+
+        init_weights.initial_network = initial_network
+    else:
+        raise SystemExit(f"unknown fault {fault!r}")
+
+
+if __name__ == "__main__":
+    fault, separator, *train_args = sys.argv[1:]
+    assert separator == "--", "usage: fault_worker.py FAULT -- TRAIN_ARGS..."
+    inject(fault)
+    sys.argv = [str(TRAIN), *train_args]
+    runpy.run_path(str(TRAIN), run_name="__main__")

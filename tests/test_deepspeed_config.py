@@ -1,0 +1,139 @@
+"""DeepSpeed configs naming WAME: reading, checking and rewriting them, before any process group exists."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+
+import deepspeed
+import pytest
+
+import wame_dist.deepspeed.engine as initialize_module
+from wame_dist import WAME
+from wame_dist.deepspeed import ConfigError, initialize
+from wame_dist.deepspeed.config import (
+    WAME_PARAMS,
+    for_client_optimizer,
+    names_wame,
+    read_config,
+    wame_arguments,
+)
+from wame_dist.training.config import RunConfig
+from wame_dist.training.ds_setup import check_batch, run_deepspeed_config
+
+WAME_BLOCK = {"type": "WAME", "params": {"lr": 2e-3, "etas": [0.2, 1.5], "zeta_bounds": [0.05, 20.0]}}
+
+
+def test_same_signature_as_deepspeed_initialize():
+    ours, theirs = (
+        inspect.signature(initialize).parameters,
+        inspect.signature(deepspeed.initialize).parameters,
+    )
+    assert list(ours) == list(theirs)
+    assert [p.default for p in ours.values()] == [p.default for p in theirs.values()]
+
+
+def test_read_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"does not exist; pass e\.g\. configs/zero2\.json"):
+        read_config(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text('{"a": 1,\n "b": }')
+    with pytest.raises(ConfigError, match=r"is not valid JSON \(line 2, column 7"):
+        read_config(tmp_path / "bad.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="must hold a JSON object"):
+        read_config(tmp_path / "list.json")
+
+
+def test_wame_block_becomes_constructor_arguments():
+    config = {"optimizer": WAME_BLOCK}
+    assert names_wame(config) and names_wame({"optimizer": {"type": "wame"}})
+    assert not names_wame({"optimizer": {"type": "Adam"}}) and not names_wame({})
+    assert wame_arguments(config) == {"lr": 2e-3, "etas": (0.2, 1.5), "zeta_bounds": (0.05, 20.0)}
+    assert set(WAME_PARAMS) == set(inspect.signature(WAME).parameters) - {"params"}
+
+
+def test_unknown_keys_are_listed_with_the_valid_ones():
+    with pytest.raises(ConfigError) as raised:
+        wame_arguments({"optimizer": {"type": "WAME", "params": {"lr": 1e-3, "betas": [0.9, 0.99]}}})
+    assert "unknown key(s) ['betas']" in str(raised.value)
+    assert "valid keys are ['lr', 'alpha', 'etas', 'zeta_bounds'" in str(raised.value)
+
+
+def test_client_optimizer_switches():
+    plain = for_client_optimizer({"optimizer": WAME_BLOCK, "zero_optimization": {"stage": 2}, "x": 1})
+    assert "optimizer" not in plain and plain["zero_allow_untested_optimizer"] is True and plain["x"] == 1
+    assert "zero_force_ds_cpu_optimizer" not in plain
+    offload = for_client_optimizer(
+        {"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}}
+    )
+    assert offload["zero_force_ds_cpu_optimizer"] is False
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """What initialize() hands to deepspeed.initialize (no process group is started in this process)."""
+    calls = []
+    monkeypatch.setattr(
+        initialize_module.deepspeed, "initialize", lambda **kw: calls.append(kw) or (None,) * 4
+    )
+    monkeypatch.setattr(initialize_module, "client_optimizer", lambda engine: WAME([{"params": []}]))
+    return calls
+
+
+def test_initialize_builds_wame_from_the_config(captured, tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"train_batch_size": 8, "optimizer": WAME_BLOCK}))
+    initialize(args=argparse.Namespace(deepspeed_config=str(path), other=1), model="model")
+    (call,) = captured
+    assert call["args"].deepspeed_config is None and call["args"].other == 1
+    assert call["config"] == {"train_batch_size": 8, "zero_allow_untested_optimizer": True}
+    assert call["optimizer"].func is WAME and call["optimizer"].keywords == wame_arguments(
+        {"optimizer": WAME_BLOCK}
+    )
+
+
+def test_deepspeed_optimizers_pass_through_untouched(captured):
+    config = {"train_batch_size": 8, "optimizer": {"type": "Adam", "params": {"lr": 1e-3}}}
+    initialize(model="model", config=config)
+    assert captured[0]["config"] is config and captured[0]["optimizer"] is None
+
+
+def test_optimizer_in_config_and_as_argument_is_refused(captured):
+    with pytest.raises(ConfigError, match="given both in the DeepSpeed config"):
+        initialize(model="model", optimizer=object(), config={"optimizer": WAME_BLOCK})
+    assert not captured
+
+
+def test_invalid_hyperparameter_in_config_is_a_config_error(captured):
+    with pytest.raises(
+        ConfigError, match=r"WAME optimizer block of the DeepSpeed config: WAME: invalid alpha=1\.5"
+    ):
+        initialize(model="model", config={"optimizer": {"type": "WAME", "params": {"alpha": 1.5}}})
+    with pytest.raises(ConfigError, match="no DeepSpeed config"):
+        initialize(model="model")
+
+
+def test_batch_checks():
+    with pytest.raises(ConfigError, match="train_batch_size 63 cannot be split over 2 rank"):
+        check_batch({"train_batch_size": 63}, 2, "c.json")
+    with pytest.raises(ConfigError, match="must be a positive integer, not 0"):
+        check_batch({"train_batch_size": 0}, 1, "c.json")
+    with pytest.raises(ConfigError, match="train_batch_size 64 != train_micro_batch_size_per_gpu 16"):
+        check_batch({"train_batch_size": 64, "train_micro_batch_size_per_gpu": 16}, 2, "c.json")
+    check_batch({"train_batch_size": 64, "gradient_accumulation_steps": 2}, 4, "c.json")
+
+
+def test_run_overrides(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"train_batch_size": 64, "optimizer": WAME_BLOCK}))
+    run = RunConfig(deepspeed_config=str(path), precision="bf16", batch_size=32)
+    config = run_deepspeed_config(run, 2)
+    assert config["bf16"]["enabled"] and not config["fp16"]["enabled"] and config["train_batch_size"] == 32
+    from wame_dist.training.config import OptimizerConfig
+
+    sgd = run_deepspeed_config(
+        RunConfig(deepspeed_config=str(path), optimizer=OptimizerConfig("sgd", 0.05)), 1
+    )
+    assert sgd["optimizer"] == {"type": "SGD", "params": {"lr": 0.05, "momentum": 0.9}}
+    assert sgd["zero_allow_untested_optimizer"] is True

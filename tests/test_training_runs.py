@@ -1,0 +1,186 @@
+"""launch/train.py for real: every launcher, resuming, faults, synchronised initial weights, bad input.
+
+Runs use the digits data, Table 1a at 1/8 width and ZeRO-2 on 2 ranks; several tests share one run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from launching import ROOT, TESTS, VENV_BIN, job_env, run, torchrun
+
+pytestmark = pytest.mark.multirank
+
+TRAIN = ROOT / "launch" / "train.py"
+CONFIG = str(ROOT / "configs" / "zero2.json")
+EPOCHS = 3
+
+
+def train_args(out: Path, *extra: str, epochs: int = EPOCHS) -> list[str]:
+    return [
+        "--deepspeed_config", CONFIG, "--dataset", "digits", "--width", "0.125", "--epochs", str(epochs),
+        "--seed", "3", "--out-dir", str(out), *extra,
+    ]  # fmt: skip
+
+
+def result(out: Path) -> dict:
+    return json.loads((out / "result.json").read_text())
+
+
+def metrics(out: Path) -> list[dict]:
+    """Per-epoch metrics without the wall time (the only thing that may differ between equal runs)."""
+    return [{k: v for k, v in e.items() if k != "wall_s"} for e in result(out)["epochs"]]
+
+
+def deepspeed_launcher(out: Path) -> list[str]:
+    return [
+        str(VENV_BIN / "deepspeed"),
+        "--num_gpus",
+        "2",
+        "--master_port",
+        "29731",
+        str(TRAIN),
+        *train_args(out),
+    ]
+
+
+def mpirun(out: Path) -> list[str]:
+    return [str(VENV_BIN / "mpirun"), "-n", "2", str(VENV_BIN / "python"), str(TRAIN), *train_args(out)]
+
+
+LAUNCHERS = {
+    "torchrun": lambda out: torchrun(2, TRAIN, *train_args(out)),
+    "deepspeed": deepspeed_launcher,
+    "mpirun": mpirun,
+}
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory) -> dict[str, Path]:
+    """The same 3-epoch run under each launcher."""
+    outs = {}
+    for name, command in LAUNCHERS.items():
+        outs[name] = tmp_path_factory.mktemp(name)
+        run(command(outs[name]))
+    return outs
+
+
+def test_every_launcher_gives_the_same_result(launched):
+    reference = launched["torchrun"]
+    assert len(metrics(reference)) == EPOCHS
+    assert metrics(reference)[-1]["val_acc"] > 0.5
+    for name, out in launched.items():
+        assert metrics(out) == metrics(reference), name
+        assert result(out)["init_hash"] == result(reference)["init_hash"]
+        assert result(out)["settings"]["global_steps"] == result(reference)["settings"]["global_steps"]
+
+
+def test_result_records_the_run(launched):
+    record = result(launched["torchrun"])
+    assert record["key"] == {
+        "dataset": "digits",
+        "model": "table1a",
+        "optimizer": "wame",
+        "seed": 3,
+        "lr": 0.001,
+    }
+    assert 1 <= record["best_epoch"] <= EPOCHS
+    assert record["settings"]["deepspeed_config"] == CONFIG
+    lines = (launched["torchrun"] / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == EPOCHS
+
+
+def test_crash_during_checkpoint_keeps_the_last_good_one(launched, tmp_path):
+    out = tmp_path / "run"
+    crashed = subprocess.run(
+        torchrun(2, TESTS / "fault_worker.py", "crash-in-save:2", "--", *train_args(out)),
+        capture_output=True, text=True, timeout=600, env=job_env(), cwd=ROOT,
+    )  # fmt: skip
+    assert crashed.returncode != 0
+    checkpoints = out / "checkpoints"
+    assert (checkpoints / "latest").read_text() == "epoch0001"
+    assert not (checkpoints / "epoch0002" / "COMPLETE").exists()
+    run(torchrun(2, TRAIN, *train_args(out)))  # the same command again resumes from epoch 1
+    assert metrics(out) == metrics(launched["torchrun"])
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "mpirun"])
+def test_a_dying_rank_ends_the_job_quickly(launcher, tmp_path):
+    fault = [str(TESTS / "fault_worker.py"), "die:1:3", "--", *train_args(tmp_path, "--timeout", "60")]
+    if launcher == "torchrun":
+        command = torchrun(2, *[Path(fault[0])], *fault[1:])
+    else:
+        command = [str(VENV_BIN / "mpirun"), "-n", "2", str(VENV_BIN / "python"), *fault]
+    started = time.monotonic()
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=job_env(), cwd=ROOT)
+    assert proc.returncode != 0
+    assert time.monotonic() - started < 120, "the surviving rank must not hang"
+
+
+def test_ranks_with_different_weights_fail_loudly(tmp_path):
+    proc = subprocess.run(
+        torchrun(2, TESTS / "fault_worker.py", "skew-init:1", "--", *train_args(tmp_path)),
+        capture_output=True, text=True, timeout=300, env=job_env(), cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "initial weights differ between ranks" in proc.stderr
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def single(out: Path, *extra: str, config: str = CONFIG) -> subprocess.CompletedProcess:
+    """A one-process run of launch/train.py (a world of one)."""
+    args = train_args(out, *extra, epochs=1)
+    args[1] = config
+    return subprocess.run(
+        [str(VENV_BIN / "python"), str(TRAIN), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=job_env(),
+        cwd=ROOT,
+    )
+
+
+def test_optimizers_start_from_the_same_init_weights_file(tmp_path):
+    weights = tmp_path / "seed3.pt"
+    made = subprocess.run(
+        [str(VENV_BIN / "wame-dist"), "init-weights", "--dataset", "digits", "--width", "0.125",
+         "--seed", "3",
+         "--out", str(weights)], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    hashes = {}
+    for optimizer in ("wame", "adam"):
+        out = tmp_path / optimizer
+        proc = single(out, "--optimizer", optimizer, "--init-weights", str(weights))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        hashes[optimizer] = result(out)["init_hash"]
+        assert result(out)["key"]["optimizer"] == optimizer
+    assert hashes["wame"] == hashes["adam"] == made.stdout.split()[-1]
+
+
+def assert_refused(proc: subprocess.CompletedProcess, message: str, out: Path) -> None:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (out / "metrics.jsonl").exists(), "nothing may be trained"
+
+
+def test_missing_config_and_init_weights_fail_before_training(tmp_path):
+    proc = single(tmp_path / "a", config=str(tmp_path / "missing.json"))
+    assert_refused(proc, f"DeepSpeed config '{tmp_path / 'missing.json'}' does not exist", tmp_path / "a")
+    proc = single(tmp_path / "b", "--init-weights", str(tmp_path / "none.pt"))
+    assert_refused(proc, "write it with `wame-dist init-weights --out", tmp_path / "b")
+
+
+def test_checkpoint_of_another_run_is_refused(launched, tmp_path):
+    out = tmp_path / "other"
+    shutil.copytree(launched["torchrun"] / "checkpoints", out / "checkpoints")
+    proc = single(out, "--optimizer", "adam")
+    assert proc.returncode == 2
+    assert "was written by another run (optimizer" in proc.stderr
