@@ -1,0 +1,155 @@
+"""The paper's protocol end to end on the digits data (the CI-sized study), and its pieces."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from launching import ROOT, VENV_BIN, job_env
+
+from wame_dist.errors import BadInput
+from wame_dist.experiment.results_file import ResultsFile
+from wame_dist.experiment.runs import RunSpec, execute, train_command, write_init_weights
+from wame_dist.experiment.study import load_study, make_study
+
+OPTIMIZERS = ("sgd", "rmsprop", "adam", "wame")
+CI_STUDY = {
+    "dataset": "digits",
+    "model": "table1a",
+    "width": 0.125,
+    "seeds": 2,
+    "epochs": 2,
+    "batch_size": 64,
+    "tune": {"grid": {name: [1e-3, 1e-2] for name in OPTIMIZERS}, "seeds": 1, "epochs": 1},
+    "deepspeed_config": "configs/zero1.json",
+}
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory) -> Path:
+    """The 2-seed x 4-optimizer x 2-epoch study, tuned on a 2-rate grid, run by `wame-dist study`."""
+    out = tmp_path_factory.mktemp("study")
+    (out / "study.json").write_text(json.dumps(CI_STUDY))
+    proc = subprocess.run(
+        [str(VENV_BIN / "wame-dist"), "study", str(out / "study.json"), "--out", str(out), "--parallel", "2"],
+        capture_output=True, text=True, timeout=1200, env=job_env(), cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return out
+
+
+def test_study_records_every_run(study_dir):
+    records = ResultsFile(study_dir / "results.jsonl").records()
+    final = [r for r in records if r["settings"]["role"] == "final"]
+    tune = [r for r in records if r["settings"]["role"] == "tune"]
+    assert len(final) == 2 * 4 and len(tune) == 4 * 2
+    assert {(r["key"]["optimizer"], r["key"]["seed"]) for r in final} == {
+        (o, s) for o in OPTIMIZERS for s in (0, 1)
+    }
+    for r in final:
+        assert len(r["epochs"]) == 2 and 1 <= r["best_epoch"] <= 2
+        assert set(r["epochs"][0]) == {"epoch", "train_loss", "val_acc", "test_acc", "wall_s"}
+
+
+def test_every_optimizer_of_a_seed_starts_from_the_same_weights(study_dir):
+    final = [
+        r for r in ResultsFile(study_dir / "results.jsonl").records() if r["settings"]["role"] == "final"
+    ]
+    for seed in (0, 1):
+        hashes = {r["init_hash"] for r in final if r["key"]["seed"] == seed}
+        assert len(hashes) == 1
+    assert len({r["init_hash"] for r in final}) == 2
+
+
+def test_tuned_rates_are_chosen_on_validation_and_used(study_dir):
+    tuned = json.loads((study_dir / "tuned_lr.json").read_text())
+    final = [
+        r for r in ResultsFile(study_dir / "results.jsonl").records() if r["settings"]["role"] == "final"
+    ]
+    for name in OPTIMIZERS:
+        scores = tuned["mean_best_val_acc"][name]
+        assert tuned["chosen"][name] == max((1e-3, 1e-2), key=lambda lr: scores[repr(lr)])
+        assert {r["key"]["lr"] for r in final if r["key"]["optimizer"] == name} == {tuned["chosen"][name]}
+
+
+def test_report_is_written(study_dir):
+    table = (study_dir / "table2.md").read_text()
+    for display in ("SGD", "RMSprop", "Adam", "WAME"):
+        assert f"| {display} |" in table
+    assert (study_dir / "figure1_digits_table1a.png").stat().st_size > 10_000
+    assert (
+        "p-value" in (study_dir / "friedman.md").read_text()
+        or "p =" in (study_dir / "friedman.md").read_text()
+    )
+
+
+def test_rerunning_a_finished_study_runs_nothing(study_dir):
+    before = (study_dir / "results.jsonl").read_text()
+    started = time.monotonic()
+    proc = subprocess.run(
+        [str(VENV_BIN / "wame-dist"), "study", str(study_dir / "study.json"), "--out", str(study_dir)],
+        capture_output=True, text=True, timeout=300, env=job_env(), cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert time.monotonic() - started < 60
+    assert (study_dir / "results.jsonl").read_text() == before
+
+
+def test_a_killed_run_resumes_to_the_identical_result(tmp_path):
+    study = make_study({**CI_STUDY, "epochs": 3})
+    spec = RunSpec("wame", 0, 1e-3, "final")
+    write_init_weights(study, tmp_path / "straight", 0)
+    write_init_weights(study, tmp_path / "killed", 0)
+    straight = execute(study, spec, tmp_path / "straight")
+
+    killed = tmp_path / "killed"
+    run_dir = killed / "runs" / spec.name(study)
+    run_dir.mkdir(parents=True)
+    proc = subprocess.Popen(train_command(study, spec, killed), env=job_env(), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    while not (run_dir / "checkpoints" / "latest").exists() and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "result.json").exists(), "killed before the end"
+    execute(study, spec, killed)  # the same run again: resumes from the epoch checkpoint
+
+    def metrics(folder: Path) -> list[dict]:
+        result = json.loads((folder / "result.json").read_text())
+        return [{k: v for k, v in e.items() if k != "wall_s"} for e in result["epochs"]]
+
+    assert metrics(run_dir) == metrics(straight)
+
+
+def test_study_files_are_checked(tmp_path):
+    for name in ("digits", "mnist", "cifar10", "cifar100"):
+        study = load_study(ROOT / "configs" / "studies" / f"{name}.json")
+        assert study.optimizers == OPTIMIZERS and study.dataset == name
+    assert load_study(ROOT / "configs" / "studies" / "cifar100.json").epochs == 100
+    assert load_study(ROOT / "configs" / "studies" / "mnist.json").seeds == 20
+    with pytest.raises(BadInput, match=r"unknown key\(s\) \['seedz'\]"):
+        make_study({"seedz": 3})
+    with pytest.raises(BadInput, match=r"unknown optimizer\(s\) \['lion'\]"):
+        make_study({"optimizers": ["wame", "lion"]})
+    with pytest.raises(BadInput, match="seeds must be a positive integer"):
+        make_study({"seeds": 0})
+    with pytest.raises(BadInput, match="does not exist"):
+        load_study(tmp_path / "none.json")
+
+
+def test_results_file_appends_whole_lines(tmp_path):
+    results = ResultsFile(tmp_path / "results.jsonl")
+    for seed in range(3):
+        results.append(
+            {"key": {"dataset": "d", "model": "m", "optimizer": "wame", "seed": seed, "lr": 0.001}}
+        )
+    results.append(
+        {"key": {"dataset": "d", "model": "m", "optimizer": "wame", "seed": 0, "lr": 0.001}, "v": 2}
+    )
+    assert len(results.records()) == 4
+    assert results.finished()[("d", "m", "wame", 0, 0.001)]["v"] == 2
+    assert not list(tmp_path.glob(".results.jsonl.*")), "no temporary file is left behind"

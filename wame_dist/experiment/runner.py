@@ -1,0 +1,116 @@
+"""Carrying out a study: initial weights, learning-rate tuning, the final runs, the report.
+
+1. One initial-weights file per seed, written once and shared by every optimizer of that seed.
+2. ``tune`` (if the study has a grid): every optimizer gets the same budget, one run per rate of its grid
+   and tuning seed; the rate with the best mean best-validation accuracy is chosen (ties: the first in
+   the grid) and written to ``tuned_lr.json``.
+3. The final runs, optimizers x seeds, at the chosen (or documented default) rates.
+4. ``wame-dist report`` on the results.
+
+Runs go ``parallel`` at a time, each in its own process(es). A run already in the results file is not run
+again; one that was killed resumes from its last epoch checkpoint. A failed run does not stop the others;
+the failures are listed at the end (and running the study again retries only them).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+from wame_dist import atomic
+from wame_dist.experiment.results_file import ResultsFile
+from wame_dist.experiment.runs import RunFailed, RunSpec, execute, write_init_weights
+from wame_dist.experiment.study import StudyConfig
+from wame_dist.training.progress import Progress
+
+
+class StudyFailed(RuntimeError):
+    """Some runs failed; the message lists them (the others' results are recorded)."""
+
+
+def key(study: StudyConfig, spec: RunSpec) -> tuple:
+    return study.dataset, study.network, spec.optimizer, spec.seed, float(spec.lr)
+
+
+def run_all(
+    study: StudyConfig, specs: Iterable[RunSpec], out: Path, parallel: int, progress: Progress
+) -> None:
+    """Runs the specs not yet in the results file; raises :class:`StudyFailed` listing failures."""
+    results = ResultsFile(out / "results.jsonl")
+    done = results.finished()
+    todo = [s for s in specs if key(study, s) not in done]
+    for seed in sorted({s.seed for s in todo}):
+        write_init_weights(study, out, seed)
+    failures = []
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        futures = {pool.submit(execute, study, spec, out): spec for spec in todo}
+        for finished, future in enumerate(as_completed(futures), 1):
+            spec = futures[future]
+            try:
+                run_dir = future.result()
+            except RunFailed as error:
+                failures.append(str(error))
+                progress.log(f"[{finished}/{len(todo)}] FAILED {spec.name(study)}")
+                continue
+            record = json.loads((run_dir / "result.json").read_text())
+            record["settings"]["role"] = spec.role
+            results.append(record)
+            shutil.rmtree(
+                run_dir / "checkpoints", ignore_errors=True
+            )  # recorded: resuming is no longer needed
+            progress.log(
+                f"[{finished}/{len(todo)}] {spec.name(study)}: test {100 * record['test_acc_at_best']:.2f}% "
+                f"at epoch {record['best_epoch']}"
+            )
+    if failures:
+        raise StudyFailed(
+            f"{len(failures)} run(s) failed; run the study again to retry them:\n" + "\n".join(failures)
+        )
+
+
+def tune(study: StudyConfig, out: Path, parallel: int, progress: Progress) -> dict[str, float]:
+    """Chooses each optimizer's rate on the validation set; returns (and writes) the chosen rates."""
+    grid = {name: rates for name, rates in study.tune.grid.items() if name in study.optimizers}
+    specs = [
+        RunSpec(name, seed, lr, "tune")
+        for name, rates in grid.items()
+        for lr in rates
+        for seed in study.tune_seeds()
+    ]
+    run_all(study, specs, out, parallel, progress)
+    finished = ResultsFile(out / "results.jsonl").finished()
+    chosen, scores = {}, {}
+    for name, rates in grid.items():
+        scores[name] = {}
+        for lr in rates:
+            best = [
+                max(e["val_acc"] for e in finished[key(study, RunSpec(name, s, lr, "tune"))]["epochs"])
+                for s in study.tune_seeds()
+            ]
+            scores[name][repr(lr)] = statistics.mean(best)
+        chosen[name] = max(rates, key=lambda lr: scores[name][repr(lr)])
+    atomic.write_text(
+        out / "tuned_lr.json", json.dumps({"chosen": chosen, "mean_best_val_acc": scores}, indent=1)
+    )
+    progress.log("tuned learning rates: " + ", ".join(f"{k} {v:g}" for k, v in chosen.items()))
+    return chosen
+
+
+def run_study(
+    study: StudyConfig, out: Path, parallel: int, progress: Progress, tuned: bool = True
+) -> list[Path]:
+    """Runs the whole study into ``out`` and writes its report there; returns the report's files."""
+    from wame_dist.report import write_report
+
+    rates = dict(study.lr)
+    if tuned and study.tune.grid:
+        rates.update(tune(study, out, parallel, progress))
+    finals = [
+        RunSpec(name, seed, rates[name], "final") for seed in study.final_seeds() for name in study.optimizers
+    ]
+    run_all(study, finals, out, parallel, progress)
+    return write_report(out / "results.jsonl", out)

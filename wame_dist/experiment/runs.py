@@ -1,0 +1,86 @@
+"""One run of a study: what it is, where it lives, the command that trains it, and carrying it out.
+
+A run is (dataset, model, optimizer, seed, lr) plus its role: ``tune`` (choosing a learning rate) or
+``final`` (the reported runs). It trains with ``launch/train.py`` in its own process(es), from the seed's
+initial-weights file, in its own folder; started again after being killed, it resumes from its last
+epoch checkpoint (train.py does that) and ends with the identical result.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from wame_dist.experiment.study import StudyConfig
+from wame_dist.training.init_weights import initial_network, network_settings, save_init_weights
+
+TRAIN = Path(__file__).resolve().parents[2] / "launch" / "train.py"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    optimizer: str
+    seed: int
+    lr: float
+    role: str  # "tune" or "final"
+
+    def name(self, study: StudyConfig) -> str:
+        return f"{study.dataset}-{study.network}-{self.optimizer}-seed{self.seed}-lr{self.lr:g}"
+
+
+class RunFailed(RuntimeError):
+    """A run's process exited with an error; the message holds the end of its log."""
+
+
+def init_weights_path(study: StudyConfig, out: Path, seed: int) -> Path:
+    return out / "init" / f"{study.dataset}-{study.network}-w{study.width:g}-seed{seed}.pt"
+
+
+def write_init_weights(study: StudyConfig, out: Path, seed: int) -> Path:
+    """Draws the seed's initial weights once (an existing file is kept: every optimizer shares it)."""
+    path = init_weights_path(study, out, seed)
+    if not path.exists():
+        settings = network_settings(study.dataset, study.network, study.width)
+        save_init_weights(path, initial_network(settings, seed), {**settings, "seed": seed})
+    return path
+
+
+def train_command(study: StudyConfig, spec: RunSpec, out: Path) -> list[str]:
+    """launch/train.py for this run: one process, or torchrun with ``ranks_per_run`` processes."""
+    epochs = study.tune.epochs if spec.role == "tune" else study.epochs
+    args = [
+        str(TRAIN),
+        "--deepspeed_config", study.deepspeed_config,
+        "--dataset", study.dataset,
+        "--model", study.network,
+        "--width", str(study.width),
+        "--optimizer", spec.optimizer,
+        "--lr", repr(spec.lr),
+        "--batch-size", str(study.batch_size),
+        "--epochs", str(epochs),
+        "--seed", str(spec.seed),
+        "--init-weights", str(init_weights_path(study, out, spec.seed)),
+        "--out-dir", str(out / "runs" / spec.name(study)),
+    ]  # fmt: skip
+    if study.data_dir:
+        args += ["--data-dir", study.data_dir]
+    if study.ranks_per_run == 1:
+        return [sys.executable, *args]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    return [str(torchrun), "--standalone", "--nproc_per_node", str(study.ranks_per_run), *args]
+
+
+def execute(study: StudyConfig, spec: RunSpec, out: Path) -> Path:
+    """Trains the run to its end (resuming if it was interrupted); returns its folder (with result.json)."""
+    run_dir = out / "runs" / spec.name(study)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(study.threads_per_run)}
+    with open(run_dir / "log.txt", "a") as log:
+        proc = subprocess.run(train_command(study, spec, out), stdout=log, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode != 0:
+        tail = (run_dir / "log.txt").read_text()[-3000:]
+        raise RunFailed(f"run {spec.name(study)} failed (exit {proc.returncode}); end of its log:\n{tail}")
+    return run_dir

@@ -1,0 +1,99 @@
+"""A study: the paper's protocol for one data set (network, optimizers, seeds, epochs, learning rates).
+
+Written as JSON (``configs/studies/*.json``); every key is a field of :class:`StudyConfig`::
+
+    {"dataset": "cifar10", "model": "table1b", "width": 1.0, "seeds": 20, "epochs": 100, "batch_size": 128,
+     "optimizers": ["sgd", "rmsprop", "adam", "wame"], "lr": {"wame": 0.001, ...},
+     "tune": {"grid": {"wame": [0.0003, 0.001, 0.003], ...}, "seeds": 2, "epochs": 20}}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from wame_dist.data import DATASETS
+from wame_dist.errors import BadInput
+from wame_dist.training.config import DEFAULT_MODEL, OPTIMIZERS
+from wame_dist.training.optimizers import DEFAULT_LR
+
+#: Tuning runs use their own seeds (10000, 10001, ...), so that no final run's weights choose its rate.
+TUNE_SEED_BASE = 10_000
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    grid: dict[str, list[float]] = field(default_factory=dict)  # optimizer -> rates; empty: no tuning
+    seeds: int = 1
+    epochs: int = 10
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    dataset: str = "digits"
+    model: str | None = None  # None: the paper's network for the data set
+    width: float = 1.0
+    optimizers: tuple[str, ...] = OPTIMIZERS
+    seeds: int = 20
+    epochs: int = 100
+    batch_size: int = 128
+    lr: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LR))
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    deepspeed_config: str = "configs/zero2.json"
+    data_dir: str | None = None
+    ranks_per_run: int = 1  # processes (GPUs) of one run
+    threads_per_run: int = 1  # torch threads of each process (CPU runs)
+
+    @property
+    def network(self) -> str:
+        return self.model or DEFAULT_MODEL[self.dataset]
+
+    def final_seeds(self) -> range:
+        return range(self.seeds)
+
+    def tune_seeds(self) -> range:
+        return range(TUNE_SEED_BASE, TUNE_SEED_BASE + self.tune.seeds)
+
+
+def load_study(path: str | Path, **overrides: Any) -> StudyConfig:
+    """Reads a study file; ``overrides`` (e.g. ``seeds=2``) replace its values. Unknown keys are refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"study file {str(path)!r} does not exist (see configs/studies/)")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise BadInput(f"study file {str(path)!r} is not valid JSON ({error})") from None
+    return make_study({**raw, **{k: v for k, v in overrides.items() if v is not None}}, source=str(path))
+
+
+def make_study(raw: dict[str, Any], source: str = "study") -> StudyConfig:
+    valid = {f.name for f in fields(StudyConfig)}
+    unknown = sorted(set(raw) - valid)
+    if unknown:
+        raise BadInput(f"{source}: unknown key(s) {unknown}; valid keys are {sorted(valid)}")
+    tune = raw.get("tune", {})
+    tune_unknown = sorted(set(tune) - {f.name for f in fields(TuneConfig)})
+    if tune_unknown:
+        raise BadInput(f"{source}: unknown key(s) {tune_unknown} in 'tune'; valid: grid, seeds, epochs")
+    study = replace(
+        StudyConfig(),
+        **{k: v for k, v in raw.items() if k != "tune"},
+        tune=TuneConfig(**tune),
+    )
+    study = replace(study, optimizers=tuple(study.optimizers), lr={**DEFAULT_LR, **study.lr})
+    check(study, source)
+    return study
+
+
+def check(study: StudyConfig, source: str) -> None:
+    if study.dataset not in DATASETS:
+        raise BadInput(f"{source}: unknown dataset {study.dataset!r}; expected one of {DATASETS}")
+    bad = sorted(set(study.optimizers) - set(OPTIMIZERS)) + sorted(set(study.tune.grid) - set(OPTIMIZERS))
+    if bad:
+        raise BadInput(f"{source}: unknown optimizer(s) {bad}; expected some of {list(OPTIMIZERS)}")
+    for name, value in (("seeds", study.seeds), ("epochs", study.epochs), ("batch_size", study.batch_size)):
+        if not isinstance(value, int) or value < 1:
+            raise BadInput(f"{source}: {name} must be a positive integer, not {value!r}")
