@@ -9,6 +9,7 @@ import sys
 COMMANDS = {
     "init-weights": ("wame_dist.training.init_weights_cli", "write the initial weights of a seed"),
     "report": ("wame_dist.report", "Table 2, Figure 1 and Friedman tests from a results file"),
+    "study": ("wame_dist.experiment.cli", "run the paper's protocol for one data set (tune, runs, report)"),
 }
 
 
