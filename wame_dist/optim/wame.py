@@ -428,14 +428,13 @@ def _multi_tensor_wame(
             agreements = torch._foreach_mul(signs, dev_prev_signs)
             torch._foreach_copy_(dev_prev_signs, signs)
             grow = torch._foreach_clamp_min(agreements, 0.0)  # 1 where the signs agree
-            torch._foreach_clamp_max_(agreements, 0.0)
-            torch._foreach_neg_(agreements)  # 1 where they differ
+            shrink = torch._foreach_sub(grow, agreements)  # 1 where they differ
             candidates = torch._foreach_mul(dev_zetas, eta_plus)
             torch._foreach_clamp_max_(candidates, zeta_max)
             torch._foreach_lerp_(dev_zetas, candidates, grow)
             candidates = torch._foreach_mul(dev_zetas, eta_minus)
             torch._foreach_clamp_min_(candidates, zeta_min)
-            torch._foreach_lerp_(dev_zetas, candidates, agreements)
+            torch._foreach_lerp_(dev_zetas, candidates, shrink)
 
             torch._foreach_lerp_(dev_zs, dev_zetas, 1 - alpha)
             torch._foreach_mul_(dev_thetas, alpha)
