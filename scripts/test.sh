@@ -12,4 +12,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=$("$root/scripts/env.sh")
 bash "$root/scripts/slurm_local.sh" install
 cd "$root"
+# The venv first on PATH: its ninja (a dependency) builds the JIT extensions; a second ninja elsewhere on
+# PATH would consider those builds stale and rebuild them (minutes) in every other process.
+export PATH="$venv/bin:$PATH"
 exec "$venv/bin/python" -m pytest "$@"

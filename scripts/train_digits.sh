@@ -9,6 +9,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=$("$root/scripts/env.sh")
+export PATH="$venv/bin:$PATH"  # the venv's ninja builds DeepSpeed's and WAME's JIT extensions
 exec "$venv/bin/deepspeed" --num_gpus "${RANKS:-2}" "$root/launch/train.py" \
   --deepspeed_config "${ZERO_CONFIG:-$root/configs/zero2.json}" \
   --dataset digits --width "${WIDTH:-0.25}" --epochs "${EPOCHS:-10}" \

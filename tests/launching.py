@@ -14,8 +14,16 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def job_env(**extra: str) -> dict[str, str]:
-    """The environment of a launched job: the tests on PYTHONPATH, one thread per rank."""
-    return {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1", **extra}
+    """The environment of a launched job: the venv first on PATH (its ninja builds the JIT extensions; another
+    ninja on the machine would consider them stale and rebuild them), the tests on PYTHONPATH, one thread
+    per rank."""
+    return {
+        **os.environ,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": f"{TESTS}{os.pathsep}{ROOT}",
+        "OMP_NUM_THREADS": "1",
+        **extra,
+    }
 
 
 def run(

@@ -1,4 +1,7 @@
-"""Writes that never leave a half-written file: write a temporary file beside the target, then rename."""
+"""Writes that never leave a half-written file: write a temporary file beside the target, then rename.
+
+The file gets the permissions a plain ``open(path, "w")`` would give (the temporary file is private).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,13 @@ from typing import Any
 import torch
 
 
+def _publish(tmp_name: str, path: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_name, 0o666 & ~umask)
+    os.replace(tmp_name, path)
+
+
 def write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -17,7 +27,7 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write(text)
         tmp.flush()
         os.fsync(tmp.fileno())
-    os.replace(tmp.name, path)
+    _publish(tmp.name, path)
 
 
 def torch_save(obj: Any, path: str | Path) -> None:
@@ -27,4 +37,4 @@ def torch_save(obj: Any, path: str | Path) -> None:
         torch.save(obj, tmp)
         tmp.flush()
         os.fsync(tmp.fileno())
-    os.replace(tmp.name, path)
+    _publish(tmp.name, path)

@@ -10,6 +10,15 @@ COMMANDS = {
     "init-weights": ("wame_dist.training.init_weights_cli", "write the initial weights of a seed"),
     "report": ("wame_dist.report", "Table 2, Figure 1 and Friedman tests from a results file"),
     "study": ("wame_dist.experiment.cli", "run the paper's protocol for one data set (tune, runs, report)"),
+    "sweep": ("wame_dist.sweep.cli", "a study's seeds x optimizers as submitit jobs (SLURM array or local)"),
+    "reshard": (
+        "wame_dist.deepspeed.checkpoint.reshard_cli",
+        "rewrite a DeepSpeed ZeRO checkpoint for another world size or ZeRO stage",
+    ),
+    "export": (
+        "wame_dist.deepspeed.checkpoint.export_cli",
+        "fp32 weights and WAME state by parameter name from a ZeRO checkpoint",
+    ),
 }
 
 

@@ -1,0 +1,120 @@
+"""The ``wame-dist reshard`` and ``wame-dist export`` commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from wame_dist.deepspeed.checkpoint.export import export
+from wame_dist.deepspeed.checkpoint.layout import CheckpointError
+from wame_dist.deepspeed.checkpoint.reshard import reshard
+
+_CHECKPOINT_HELP = "the directory given to engine.save_checkpoint (holding 'latest' and the tag folders)"
+_TAG_HELP = "the checkpoint tag to read (default: the one named in CHECKPOINT_DIR/latest)"
+
+
+def reshard_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``wame-dist reshard``."""
+    parser = argparse.ArgumentParser(
+        prog="wame-dist reshard",
+        description="Rewrite a DeepSpeed ZeRO-1/2/3 checkpoint (rigid format; WAME, or any optimizer whose "
+        "state is element-wise) for another data-parallel world size, optionally another ZeRO stage, so that "
+        "engine.load_checkpoint(OUT_DIR) loads it natively there. The source is only read.",
+    )
+    parser.add_argument("checkpoint_dir", metavar="CHECKPOINT_DIR", help=_CHECKPOINT_HELP)
+    parser.add_argument("--tag", help=_TAG_HELP)
+    parser.add_argument("--world-size", type=int, required=True, help="data-parallel ranks that will load it")
+    parser.add_argument(
+        "--out", required=True, metavar="OUT_DIR", help="new checkpoint directory to create (must not exist)"
+    )
+    parser.add_argument(
+        "--stage", type=int, choices=(1, 2, 3), help="ZeRO stage that will load it (default: the source's)"
+    )
+    parser.add_argument(
+        "--sub-group-size",
+        type=int,
+        help="zero_optimization.sub_group_size of the ZeRO-3 engine that will load it (default: the source "
+        "config's, or DeepSpeed's default)",
+    )
+    return parser
+
+
+def export_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``wame-dist export``."""
+    parser = argparse.ArgumentParser(
+        prog="wame-dist export",
+        description="Write a DeepSpeed ZeRO-1/2/3 checkpoint as one torch.save file: {'model': fp32 state "
+        "dict, 'optimizer_state': {parameter name: {state key: tensor shaped like the parameter, 'step': "
+        "...}}, 'meta': {...}}. The source is only read.",
+    )
+    parser.add_argument("checkpoint_dir", metavar="CHECKPOINT_DIR", help=_CHECKPOINT_HELP)
+    parser.add_argument("--tag", help=_TAG_HELP)
+    parser.add_argument("--out", required=True, metavar="FILE", help="file to create (must not exist)")
+    return parser
+
+
+def reshard_main(argv: Sequence[str] | None = None) -> int:
+    """Runs ``wame-dist reshard``: 0 when written, 1 for a checkpoint that cannot be resharded, 2 for bad
+    arguments; the reason goes to stderr."""
+    parser = reshard_parser()
+    args = _parse(parser, argv)
+    if isinstance(args, int):
+        return args
+    if args.world_size < 1:
+        return _usage_error(parser, f"--world-size must be at least 1, not {args.world_size}")
+    if args.sub_group_size is not None and args.sub_group_size < 1:
+        return _usage_error(parser, f"--sub-group-size must be at least 1, not {args.sub_group_size}")
+    try:
+        done = reshard(
+            args.checkpoint_dir,
+            args.out,
+            args.world_size,
+            tag=args.tag,
+            stage=args.stage,
+            sub_group_size=args.sub_group_size,
+        )
+    except CheckpointError as error:
+        return _failure(parser, error)
+    print(
+        f"resharded tag {done.tag!r}: ZeRO-{done.source_stage} on {done.source_world_size} ranks -> "
+        f"ZeRO-{done.target.stage} on {done.target.world_size} ranks in {done.out}"
+    )
+    return 0
+
+
+def export_main(argv: Sequence[str] | None = None) -> int:
+    """Runs ``wame-dist export``: 0 when written, 1 for a checkpoint that cannot be exported, 2 for bad
+    arguments; the reason goes to stderr."""
+    parser = export_parser()
+    args = _parse(parser, argv)
+    if isinstance(args, int):
+        return args
+    try:
+        meta = export(args.checkpoint_dir, args.out, tag=args.tag)
+    except CheckpointError as error:
+        return _failure(parser, error)
+    print(
+        f"exported tag {meta['tag']!r} (ZeRO-{meta['zero_stage']} on {meta['world_size']} ranks, "
+        f"{len(meta['param_groups'])} parameter group(s), step {meta['global_steps']}) to {args.out}"
+    )
+    return 0
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace | int:
+    """The parsed arguments, or the exit status argparse chose (--help: 0, a usage error: 2)."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exit:
+        return exit.code if isinstance(exit.code, int) else 2
+
+
+def _usage_error(parser: argparse.ArgumentParser, message: str) -> int:
+    parser.print_usage(sys.stderr)
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _failure(parser: argparse.ArgumentParser, error: CheckpointError) -> int:
+    print(f"{parser.prog}: error: {error}", file=sys.stderr)
+    return 1
