@@ -77,7 +77,7 @@ def execute(study: StudyConfig, spec: RunSpec, out: Path) -> Path:
     """Trains the run to its end (resuming if it was interrupted); returns its folder (with result.json)."""
     run_dir = out / "runs" / spec.name(study)
     run_dir.mkdir(parents=True, exist_ok=True)
-    # This interpreter's bin first on PATH: its ninja builds the JIT extensions (another one would rebuild them).
+    # This interpreter's bin first on PATH: its ninja builds the JIT extensions (another would rebuild them).
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "PATH": path, "OMP_NUM_THREADS": str(study.threads_per_run)}
     with open(run_dir / "log.txt", "a") as log:
