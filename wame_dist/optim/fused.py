@@ -84,10 +84,12 @@ def _is_dense(tensor: Tensor) -> bool:
 
 
 def _kernel_can_take(row: tuple[Tensor, ...]) -> bool:
-    param = row[0]
-    return _is_dense(param) and all(
-        t.stride() == param.stride() and t.dtype == param.dtype for i, t in enumerate(row) if i != 2
-    )
+    """A row (param, grad, prev_sign, zeta, z, theta) is walked element by element in storage order: all
+    must be dense with the parameter's strides, and all but the int8 prev_sign of its dtype."""
+    param, grad, prev_sign, *state = row
+    same_layout = all(t.stride() == param.stride() for t in (grad, prev_sign, *state))
+    same_dtype = all(t.dtype == param.dtype for t in (grad, *state)) and prev_sign.dtype == torch.int8
+    return _is_dense(param) and same_layout and same_dtype
 
 
 def fused_wame(
