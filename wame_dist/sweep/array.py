@@ -1,0 +1,98 @@
+"""The Python half of ``slurm/sweep.sh``: plan a sweep as one SLURM job array, and record a finished task.
+
+    python -m wame_dist.sweep.array plan STUDY.json SWEEP_DIR [--seeds N] [--epochs E]
+    python -m wame_dist.sweep.array record SWEEP_DIR INDEX
+
+``plan`` prepares the sweep folder (:func:`wame_dist.sweep.grid.prepare`: the study, and the initial weights
+of every seed, before any task starts), writes the grid for the array's tasks and prints, last, the indices
+of the runs still missing from the results file in the form of sbatch's ``--array``: "todo: 0-3,6"
+("todo: " when none is missing). The grid is ``grid.tsv`` (a header, then index, seed, optimizer, lr,
+initial-weights file, run folder, tab-separated) and ``grid/INDEX.args`` (launch/train.py's arguments, one a
+line).
+``record`` appends the result of the grid's run INDEX to the results file.
+Bad input ends with ``error: ...`` on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from wame_dist import atomic
+from wame_dist.errors import BadInput
+from wame_dist.experiment.runs import init_weights_path
+from wame_dist.experiment.study import StudyConfig, load_study
+from wame_dist.sweep import grid
+
+COLUMNS = ("index", "seed", "optimizer", "lr", "init_weights", "run_dir")
+
+
+def plan(study: StudyConfig, out: Path) -> str:
+    """Prepares ``out`` for the array, writes its grid; returns the missing runs' indices ("" if none)."""
+    missing = grid.prepare(study, out)
+    study = grid.load_swept(out)
+    rows = ["\t".join(COLUMNS)]
+    for index, spec in enumerate(grid.final_runs(study)):
+        init, folder = init_weights_path(study, out, spec.seed), grid.run_dir(study, spec, out)
+        rows.append("\t".join(map(str, (index, spec.seed, spec.optimizer, repr(spec.lr), init, folder))))
+        atomic.write_text(out / "grid" / f"{index}.args", "\n".join(grid.train_args(study, spec, out)) + "\n")
+    atomic.write_text(out / "grid.tsv", "\n".join(rows) + "\n")
+    total = len(rows) - 1
+    print(
+        f"{out}: {total} runs, {total - len(missing)} in {grid.RESULTS_FILE}, {len(missing)} to run",
+        file=sys.stderr,
+    )
+    for index, spec in missing:
+        print(f"  {index}: {spec.name(study)}", file=sys.stderr)
+    return ranges([index for index, _ in missing])
+
+
+def ranges(indices: list[int]) -> str:
+    """Sorted indices as sbatch's ``--array`` list: [0, 1, 2, 5] -> "0-2,5"."""
+    spans: list[list[int]] = []
+    for i in indices:
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def record(out: Path, index: int) -> None:
+    study = grid.load_swept(out)
+    runs = grid.final_runs(study)
+    if not 0 <= index < len(runs):
+        raise BadInput(f"index {index} is outside the grid of {out} (0-{len(runs) - 1})")
+    result = grid.record(study, runs[index], out)
+    print(f"recorded {runs[index].name(study)}: test accuracy {result['test_acc_at_best']:.4f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m wame_dist.sweep.array", description=__doc__.split("\n")[0]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("plan", help="prepare the sweep folder, print the indices to submit")
+    p.add_argument("study")
+    p.add_argument("out")
+    p.add_argument("--seeds", type=int, default=None, help="override the study's number of seeds")
+    p.add_argument("--epochs", type=int, default=None, help="override the study's epochs")
+    r = commands.add_parser("record", help="append a finished run's result to the results file")
+    r.add_argument("out")
+    r.add_argument("index", type=int)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "plan":
+            study = load_study(args.study, seeds=args.seeds, epochs=args.epochs)
+            print(f"todo: {plan(study, Path(args.out).resolve())}")
+        else:
+            record(Path(args.out).resolve(), args.index)
+    except BadInput as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
