@@ -248,3 +248,30 @@ def test_submitit_local_cluster_two_tasks(study, tmp_path, capsys):
     assert "2 rank(s)" in logs, logs
     assert list(records(out)) == [(0, "wame")]
     assert (out / "report" / "table2.md").exists()
+
+
+def test_submitit_failed_run_is_listed_and_retried_alone(tmp_path, capsys):
+    """A run whose data is missing fails: the sweep names it, its error and its log, and exits 1; nothing
+    is recorded, and the same command again submits just that run."""
+    empty = tmp_path / "mnist"
+    empty.mkdir()
+    study = tmp_path / "mnist.json"
+    spec = {
+        **TINY,
+        "dataset": "mnist",
+        "data_dir": str(empty),
+        "seeds": 1,
+        "epochs": 1,
+        "optimizers": ["wame"],
+    }
+    study.write_text(json.dumps(spec))
+    out = tmp_path / "sweep"
+    command = [str(study), "--out", str(out), "--cluster", "local", "--time", "10"]
+    assert cli.main(command) == 1
+    output = capsys.readouterr().out
+    assert "1 run(s) failed; run the same command again to retry only them:" in output, output
+    assert "mnist-table1a-wame-seed0-lr0.001 (job " in output
+    assert "FileNotFoundError: MNIST data not found: missing train-images-idx3-ubyte" in output
+    assert not (out / "results.jsonl").exists()
+    assert cli.main(command) == 1
+    assert f"{out}: 1 runs, 1 to run" in capsys.readouterr().out

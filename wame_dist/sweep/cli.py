@@ -85,11 +85,20 @@ def run(ex: submitit.AutoExecutor, fn: TrainRun, specs: Sequence[RunSpec], study
         try:
             record = job.results()[0]  # task 0: rank 0, which recorded the run
             print(f"finished {names[job.job_id]}: test {100 * record['test_acc_at_best']:.2f}%", flush=True)
-        except Exception as error:  # the job's traceback: its last line says what went wrong
-            last = str(error).strip().splitlines()[-1:] or [type(error).__name__]
-            failed.append(f"{names[job.job_id]} (job {job.job_id}): {last[0]}; log {job.paths.stderr}")
+        except Exception as error:  # submitit's report of a failed job (a FailedJobError, ...)
+            failed.append(f"{names[job.job_id]} (job {job.job_id}): {reason(error)}; log {job.paths.stderr}")
             print(f"FAILED {failed[-1]}", flush=True)
     return failed
+
+
+def reason(error: Exception) -> str:
+    """A failed job's error in one line: the last line of the job's own traceback (submitit quotes it
+    between dashed lines), else the start of submitit's message (a job that ended without a result)."""
+    parts = str(error).split("----------------------\n")
+    trace = parts[1].strip().splitlines() if len(parts) >= 3 else []
+    if trace:
+        return trace[-1]
+    return " ".join(str(error).strip().splitlines()[:2]) or type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
