@@ -14,6 +14,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from wame_dist import atomic
 from wame_dist.data import DEFAULT_DATA_DIR
 from wame_dist.errors import BadInput
 from wame_dist.experiment.results_file import ResultsFile
@@ -67,7 +68,7 @@ def prepare(study: StudyConfig, out: Path) -> list[tuple[int, RunSpec]]:
     saved = out / STUDY_FILE
     if saved.exists() and load_swept(out) != study:
         raise BadInput(f"{out} holds a sweep of another study ({saved}); use another sweep folder")
-    saved.write_text(json.dumps(asdict(study), indent=1) + "\n")
+    atomic.write_text(saved, json.dumps(asdict(study), indent=1) + "\n")
     missing = pending(study, out)
     for seed in sorted({spec.seed for _, spec in missing}):
         write_init_weights(study, out, seed)
