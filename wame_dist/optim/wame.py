@@ -411,6 +411,7 @@ def _multi_tensor_wame(
     grouped = _torch_compat.group_by_device_and_dtype(params, grads, prev_signs, zetas, zs, thetas)
     for (device, dtype), tensor_lists in grouped.items():
         guard = _representable_eps(eps, dtype)
+        beyond = min(2 * zeta_max, torch.finfo(dtype).max)  # finite: 0 * beyond must stay 0
         slice_elements = _CPU_SLICE_ELEMENTS if device is not None and device.type == "cpu" else None
         for dev_params, dev_grads, dev_prev_signs, dev_zetas, dev_zs, dev_thetas in _slices(
             tensor_lists, slice_elements
@@ -423,18 +424,18 @@ def _multi_tensor_wame(
                 else:
                     dev_grads = torch._foreach_add(dev_grads, dev_params, alpha=weight_decay)
 
-            # Exact selections without a foreach `where`: lerp(a, b, w) is a for w = 0 and b for w = 1.
+            # zeta's exact selection without a foreach `where`: up = min(zeta * eta_plus, zeta_max) >= zeta >=
+            # down = max(zeta * eta_minus, zeta_min), so pushing zeta past both bounds where the signs agree
+            # (+beyond) or differ (-beyond), then clamping it to [down, up], gives up, down or zeta itself.
             signs = torch._foreach_sign(dev_grads)
-            agreements = torch._foreach_mul(signs, dev_prev_signs)
+            ups = torch._foreach_mul(dev_zetas, eta_plus)
+            torch._foreach_clamp_max_(ups, zeta_max)
+            downs = torch._foreach_mul(dev_zetas, eta_minus)
+            torch._foreach_clamp_min_(downs, zeta_min)
+            torch._foreach_addcmul_(dev_zetas, signs, dev_prev_signs, value=beyond)
             torch._foreach_copy_(dev_prev_signs, signs)
-            grow = torch._foreach_clamp_min(agreements, 0.0)  # 1 where the signs agree
-            shrink = torch._foreach_sub(grow, agreements)  # 1 where they differ
-            candidates = torch._foreach_mul(dev_zetas, eta_plus)
-            torch._foreach_clamp_max_(candidates, zeta_max)
-            torch._foreach_lerp_(dev_zetas, candidates, grow)
-            candidates = torch._foreach_mul(dev_zetas, eta_minus)
-            torch._foreach_clamp_min_(candidates, zeta_min)
-            torch._foreach_lerp_(dev_zetas, candidates, shrink)
+            torch._foreach_minimum_(dev_zetas, ups)
+            torch._foreach_maximum_(dev_zetas, downs)
 
             torch._foreach_lerp_(dev_zs, dev_zetas, 1 - alpha)
             torch._foreach_mul_(dev_thetas, alpha)
