@@ -15,15 +15,14 @@ the failures are listed at the end (and running the study again retries only the
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from wame_dist import atomic
 from wame_dist.experiment.results_file import ResultsFile
-from wame_dist.experiment.runs import RunFailed, RunSpec, execute, write_init_weights
+from wame_dist.experiment.runs import RunFailed, RunSpec, execute, record_result, write_init_weights
 from wame_dist.experiment.study import StudyConfig
 from wame_dist.training.progress import Progress
 
@@ -32,17 +31,21 @@ class StudyFailed(RuntimeError):
     """Some runs failed; the message lists them (the others' results are recorded)."""
 
 
-def key(study: StudyConfig, spec: RunSpec) -> tuple:
-    return study.dataset, study.network, spec.optimizer, spec.seed, float(spec.lr)
+def final_runs(study: StudyConfig, rates: Mapping[str, float] | None = None) -> list[RunSpec]:
+    """The reported runs, seed-major (every optimizer of seed 0, then of seed 1, ...), at ``rates``
+    (default: the study's documented ones)."""
+    rates = study.lr if rates is None else rates
+    return [
+        RunSpec(name, seed, rates[name], "final") for seed in study.final_seeds() for name in study.optimizers
+    ]
 
 
 def run_all(
     study: StudyConfig, specs: Iterable[RunSpec], out: Path, parallel: int, progress: Progress
 ) -> None:
     """Runs the specs not yet in the results file; raises :class:`StudyFailed` listing failures."""
-    results = ResultsFile(out / "results.jsonl")
-    done = results.finished()
-    todo = [s for s in specs if key(study, s) not in done]
+    done = ResultsFile(out / "results.jsonl").finished()
+    todo = [s for s in specs if s.key(study) not in done]
     for seed in sorted({s.seed for s in todo}):
         write_init_weights(study, out, seed)
     failures = []
@@ -51,17 +54,12 @@ def run_all(
         for finished, future in enumerate(as_completed(futures), 1):
             spec = futures[future]
             try:
-                run_dir = future.result()
+                future.result()
             except RunFailed as error:
                 failures.append(str(error))
                 progress.log(f"[{finished}/{len(todo)}] FAILED {spec.name(study)}")
                 continue
-            record = json.loads((run_dir / "result.json").read_text())
-            record["settings"]["role"] = spec.role
-            results.append(record)
-            shutil.rmtree(
-                run_dir / "checkpoints", ignore_errors=True
-            )  # recorded: resuming is no longer needed
+            record = record_result(study, spec, out)
             progress.log(
                 f"[{finished}/{len(todo)}] {spec.name(study)}: test {100 * record['test_acc_at_best']:.2f}% "
                 f"at epoch {record['best_epoch']}"
@@ -88,7 +86,7 @@ def tune(study: StudyConfig, out: Path, parallel: int, progress: Progress) -> di
         scores[name] = {}
         for lr in rates:
             best = [
-                max(e["val_acc"] for e in finished[key(study, RunSpec(name, s, lr, "tune"))]["epochs"])
+                max(e["val_acc"] for e in finished[RunSpec(name, s, lr, "tune").key(study)]["epochs"])
                 for s in study.tune_seeds()
             ]
             scores[name][repr(lr)] = statistics.mean(best)
@@ -109,8 +107,5 @@ def run_study(
     rates = dict(study.lr)
     if tuned and study.tune.grid:
         rates.update(tune(study, out, parallel, progress))
-    finals = [
-        RunSpec(name, seed, rates[name], "final") for seed in study.final_seeds() for name in study.optimizers
-    ]
-    run_all(study, finals, out, parallel, progress)
+    run_all(study, final_runs(study, rates), out, parallel, progress)
     return write_report(out / "results.jsonl", out)

@@ -8,12 +8,16 @@ epoch checkpoint (train.py does that) and ends with the identical result.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from wame_dist.experiment.results_file import ResultsFile
 from wame_dist.experiment.study import StudyConfig
 from wame_dist.training.init_weights import initial_network, network_settings, save_init_weights
 
@@ -30,6 +34,10 @@ class RunSpec:
     def name(self, study: StudyConfig) -> str:
         return f"{study.dataset}-{study.network}-{self.optimizer}-seed{self.seed}-lr{self.lr:g}"
 
+    def key(self, study: StudyConfig) -> tuple:
+        """The run's key in the results file (:func:`wame_dist.experiment.results_file.key_of`)."""
+        return study.dataset, study.network, self.optimizer, self.seed, float(self.lr)
+
 
 class RunFailed(RuntimeError):
     """A run's process exited with an error; the message holds the end of its log."""
@@ -37,6 +45,11 @@ class RunFailed(RuntimeError):
 
 def init_weights_path(study: StudyConfig, out: Path, seed: int) -> Path:
     return out / "init" / f"{study.dataset}-{study.network}-w{study.width:g}-seed{seed}.pt"
+
+
+def run_dir(study: StudyConfig, spec: RunSpec, out: Path) -> Path:
+    """The run's folder: its log, metrics, result.json and checkpoints."""
+    return out / "runs" / spec.name(study)
 
 
 def write_init_weights(study: StudyConfig, out: Path, seed: int) -> Path:
@@ -63,7 +76,7 @@ def train_command(study: StudyConfig, spec: RunSpec, out: Path) -> list[str]:
         "--epochs", str(epochs),
         "--seed", str(spec.seed),
         "--init-weights", str(init_weights_path(study, out, spec.seed)),
-        "--out-dir", str(out / "runs" / spec.name(study)),
+        "--out-dir", str(run_dir(study, spec, out)),
     ]  # fmt: skip
     if study.data_dir:
         args += ["--data-dir", study.data_dir]
@@ -75,14 +88,27 @@ def train_command(study: StudyConfig, spec: RunSpec, out: Path) -> list[str]:
 
 def execute(study: StudyConfig, spec: RunSpec, out: Path) -> Path:
     """Trains the run to its end (resuming if it was interrupted); returns its folder (with result.json)."""
-    run_dir = out / "runs" / spec.name(study)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    folder = run_dir(study, spec, out)
+    folder.mkdir(parents=True, exist_ok=True)
     # This interpreter's bin first on PATH: its ninja builds the JIT extensions (another would rebuild them).
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "PATH": path, "OMP_NUM_THREADS": str(study.threads_per_run)}
-    with open(run_dir / "log.txt", "a") as log:
+    with open(folder / "log.txt", "a") as log:
         proc = subprocess.run(train_command(study, spec, out), stdout=log, stderr=subprocess.STDOUT, env=env)
     if proc.returncode != 0:
-        tail = (run_dir / "log.txt").read_text()[-3000:]
+        tail = (folder / "log.txt").read_text()[-3000:]
         raise RunFailed(f"run {spec.name(study)} failed (exit {proc.returncode}); end of its log:\n{tail}")
-    return run_dir
+    return folder
+
+
+def record_result(study: StudyConfig, spec: RunSpec, out: Path) -> dict[str, Any]:
+    """Appends the finished run's ``result.json``, with its role, to ``out``'s results file (once: a run
+    already there is not added again), then deletes its checkpoints, no longer needed. Returns the record."""
+    folder = run_dir(study, spec, out)
+    record = json.loads((folder / "result.json").read_text())
+    record["settings"]["role"] = spec.role
+    results = ResultsFile(out / "results.jsonl")
+    if spec.key(study) not in results.finished():
+        results.append(record)
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    return record

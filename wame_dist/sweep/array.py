@@ -21,7 +21,8 @@ from pathlib import Path
 
 from wame_dist import atomic
 from wame_dist.errors import BadInput
-from wame_dist.experiment.runs import init_weights_path
+from wame_dist.experiment.runner import final_runs
+from wame_dist.experiment.runs import init_weights_path, record_result, run_dir
 from wame_dist.experiment.study import StudyConfig, load_study
 from wame_dist.sweep import grid
 
@@ -30,11 +31,10 @@ COLUMNS = ("index", "seed", "optimizer", "lr", "init_weights", "run_dir")
 
 def plan(study: StudyConfig, out: Path) -> str:
     """Prepares ``out`` for the array, writes its grid; returns the missing runs' indices ("" if none)."""
-    missing = grid.prepare(study, out)
-    study = grid.load_swept(out)
+    study, missing = grid.prepare(study, out)
     rows = ["\t".join(COLUMNS)]
-    for index, spec in enumerate(grid.final_runs(study)):
-        init, folder = init_weights_path(study, out, spec.seed), grid.run_dir(study, spec, out)
+    for index, spec in enumerate(final_runs(study)):
+        init, folder = init_weights_path(study, out, spec.seed), run_dir(study, spec, out)
         rows.append("\t".join(map(str, (index, spec.seed, spec.optimizer, repr(spec.lr), init, folder))))
         atomic.write_text(out / "grid" / f"{index}.args", "\n".join(grid.train_args(study, spec, out)) + "\n")
     atomic.write_text(out / "grid.tsv", "\n".join(rows) + "\n")
@@ -61,10 +61,10 @@ def ranges(indices: list[int]) -> str:
 
 def record(out: Path, index: int) -> None:
     study = grid.load_swept(out)
-    runs = grid.final_runs(study)
+    runs = final_runs(study)
     if not 0 <= index < len(runs):
         raise BadInput(f"index {index} is outside the grid of {out} (0-{len(runs) - 1})")
-    result = grid.record(study, runs[index], out)
+    result = record_result(study, runs[index], out)
     print(f"recorded {runs[index].name(study)}: test accuracy {result['test_acc_at_best']:.4f}")
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import submitit
 
 from wame_dist.errors import BadInput
+from wame_dist.experiment.runner import final_runs
 from wame_dist.experiment.runs import RunSpec
 from wame_dist.experiment.study import StudyConfig, load_study
 from wame_dist.report import write_report
@@ -105,12 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     out = Path(args.out).resolve()
     try:
-        missing = grid.prepare(load_study(args.study, seeds=args.seeds, epochs=args.epochs), out)
+        study, missing = grid.prepare(load_study(args.study, seeds=args.seeds, epochs=args.epochs), out)
     except BadInput as error:
         print(f"error: {error}")
         return 2
-    study = grid.load_swept(out)
-    total = len(grid.final_runs(study))
+    total = len(final_runs(study))
     if not missing:
         print(f"{out}: all {total} runs are in {grid.RESULTS_FILE}: nothing to submit")
         return 0

@@ -1,43 +1,28 @@
-"""A sweep's grid and folder: the study's final runs (seeds x optimizers) in a fixed order, and their results.
+"""A sweep's grid and folder: the study's final runs (seeds x optimizers) in a fixed order.
 
 Grid index ``i`` is seed ``i // len(optimizers)`` with optimizer ``optimizers[i % len(optimizers)]``, at
 the study's documented rate. A sweep folder has the layout of ``wame-dist study``'s (``init/``, ``runs/``,
-``results.jsonl``, ``report/``) plus ``study.json``: the study as swept (overrides applied, paths made
-absolute), so that its jobs, and any later re-run, see exactly the same grid.
+``results.jsonl``, ``report/``; a finished run is recorded by
+:func:`wame_dist.experiment.runs.record_result`) plus ``study.json``: the study as swept (overrides
+applied, paths made absolute), so that its jobs, and any later re-run, see exactly the same grid.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
 
 from wame_dist import atomic
 from wame_dist.data import DEFAULT_DATA_DIR
 from wame_dist.errors import BadInput
 from wame_dist.experiment.results_file import ResultsFile
-from wame_dist.experiment.runner import key
+from wame_dist.experiment.runner import final_runs
 from wame_dist.experiment.runs import RunSpec, train_command, write_init_weights
 from wame_dist.experiment.study import StudyConfig, make_study
 
 STUDY_FILE = "study.json"
 RESULTS_FILE = "results.jsonl"
-
-
-def final_runs(study: StudyConfig) -> list[RunSpec]:
-    """The grid, seed-major: every optimizer of seed 0, then of seed 1, ..."""
-    return [
-        RunSpec(name, seed, study.lr[name], "final")
-        for seed in study.final_seeds()
-        for name in study.optimizers
-    ]
-
-
-def run_dir(study: StudyConfig, spec: RunSpec, out: Path) -> Path:
-    """The run's folder, where ``wame-dist study`` puts it too (metrics, result, checkpoints)."""
-    return out / "runs" / spec.name(study)
 
 
 def train_args(study: StudyConfig, spec: RunSpec, out: Path) -> list[str]:
@@ -59,10 +44,11 @@ def absolute(study: StudyConfig) -> StudyConfig:
     return replace(study, deepspeed_config=str(config), data_dir=str(data_dir))
 
 
-def prepare(study: StudyConfig, out: Path) -> list[tuple[int, RunSpec]]:
-    """Sets the sweep folder up for ``study`` and returns the runs still missing from its results file,
-    with their grid indices. Writes ``study.json`` (or checks that it holds this very study) and the initial
-    weights of every seed with a missing run, before any job starts."""
+def prepare(study: StudyConfig, out: Path) -> tuple[StudyConfig, list[tuple[int, RunSpec]]]:
+    """Sets the sweep folder up for ``study``; returns the study as swept (what its jobs load with
+    :func:`load_swept`) and the runs still missing from its results file, with their grid indices. Writes
+    ``study.json`` (or checks that it holds this very study) and the initial weights of every seed with a
+    missing run, before any job starts."""
     study = absolute(study)
     out.mkdir(parents=True, exist_ok=True)
     saved = out / STUDY_FILE
@@ -72,7 +58,7 @@ def prepare(study: StudyConfig, out: Path) -> list[tuple[int, RunSpec]]:
     missing = pending(study, out)
     for seed in sorted({spec.seed for _, spec in missing}):
         write_init_weights(study, out, seed)
-    return missing
+    return study, missing
 
 
 def load_swept(out: Path) -> StudyConfig:
@@ -86,17 +72,4 @@ def load_swept(out: Path) -> StudyConfig:
 def pending(study: StudyConfig, out: Path) -> list[tuple[int, RunSpec]]:
     """The grid's runs that are not in the results file, with their indices."""
     done = ResultsFile(out / RESULTS_FILE).finished()
-    return [(i, spec) for i, spec in enumerate(final_runs(study)) if key(study, spec) not in done]
-
-
-def record(study: StudyConfig, spec: RunSpec, out: Path) -> dict[str, Any]:
-    """Appends the finished run's ``result.json`` to the results file (role "final"; once: a run already
-    there is not added again), then deletes its checkpoints, no longer needed. Returns the record."""
-    folder = run_dir(study, spec, out)
-    result = json.loads((folder / "result.json").read_text())
-    result["settings"]["role"] = spec.role
-    results = ResultsFile(out / RESULTS_FILE)
-    if key(study, spec) not in results.finished():
-        results.append(result)
-    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
-    return result
+    return [(i, spec) for i, spec in enumerate(final_runs(study)) if spec.key(study) not in done]

@@ -16,7 +16,7 @@ from typing import Any
 import submitit
 import torch
 
-from wame_dist.experiment.runs import RunSpec
+from wame_dist.experiment.runs import RunSpec, record_result
 from wame_dist.experiment.study import StudyConfig
 from wame_dist.sweep import grid
 from wame_dist.training import parse_args, train
@@ -40,4 +40,4 @@ class TrainRun(submitit.helpers.Checkpointable):
         os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         torch.set_num_threads(self.threads)
         result = train(parse_args(grid.train_args(self.study, spec, self.out)))
-        return grid.record(self.study, spec, self.out) if env.rank == 0 else result
+        return record_result(self.study, spec, self.out) if env.rank == 0 else result
