@@ -36,3 +36,14 @@ def scalar_dtype() -> torch.dtype:
 def foreach_supported_devices() -> list[str]:
     """Device types on which ``torch._foreach_*`` kernels exist."""
     return _optimizer._get_foreach_kernels_supported_devices()
+
+
+def local_tensors(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each DTensor (FSDP2, tensor parallelism) as its local shard, a plain tensor over the same memory, so
+    that in-place updates reach the DTensor; other tensors as they are. WAME is elementwise, so updating
+    the shards is updating the whole, without DTensor's per-operator dispatch."""
+    if not torch.distributed.is_available():
+        return tensors
+    from torch.distributed.tensor import DTensor
+
+    return [t.to_local() if isinstance(t, DTensor) else t for t in tensors]

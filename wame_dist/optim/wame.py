@@ -302,7 +302,13 @@ def wame(
     denominator: str,
     maximize: bool,
 ) -> None:
-    """Functional WAME: updates ``params`` and the state lists in place. The one dispatch point."""
+    """Functional WAME: updates ``params`` and the state lists in place. The one dispatch point.
+
+    DTensors (FSDP2's sharded parameters and the state created like them) are updated through their local
+    shards."""
+    params, grads, prev_signs, zetas, zs, thetas = (
+        _torch_compat.local_tensors(tensors) for tensors in (params, grads, prev_signs, zetas, zs, thetas)
+    )
     implementation = choose_implementation(params, foreach=foreach, fused=fused)
     torch._foreach_add_(steps, 1)
     implementation(
