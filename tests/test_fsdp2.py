@@ -27,6 +27,19 @@ def reference():
     return reference_run(STEPS)
 
 
+@pytest.fixture(scope="module")
+def dcp_hops(tmp_path_factory):
+    """DCP checkpoints: saved by 2 ranks, resumed on 2; resharded to 4 ranks, then to 1 (each re-saved)."""
+    hops = {}
+    previous = None
+    for ranks in (2, 4, 1):
+        out = tmp_path_factory.mktemp(f"dcp{ranks}")
+        resume = ["--resume", str(previous)] if previous else []
+        run(torchrun(ranks, TESTS / "fsdp2_worker.py", str(out), "--dcp", *resume), timeout=900)
+        hops[ranks] = previous = out
+    return hops
+
+
 def load(out, name):
     return torch.load(out / f"{name}.pt", weights_only=False)
 
@@ -52,3 +65,36 @@ def test_fsdp2_bf16_mixed_precision_trains_with_fp32_state(ranks_out):
         assert dtypes == dict(zip(STATE_KEYS, (torch.int8, torch.float32, torch.float32, torch.float32)))
     losses = result["losses"]
     assert sum(losses[-5:]) < sum(losses[:5]), losses
+
+
+def assert_same_run(result, expected, tolerance=0.0):
+    for name, value in expected["params"].items():
+        assert (result["params"][name] - value).abs().max() <= tolerance, name
+        got, want = result["state"][name], expected["state"][name]
+        assert got["prev_sign"].dtype == torch.int8, name
+        assert torch.equal(got["prev_sign"], want["prev_sign"]) and torch.equal(got["zeta"], want["zeta"]), (
+            name
+        )
+        for key in ("z", "theta"):
+            torch.testing.assert_close(got[key], want[key], rtol=1e-4 if tolerance else 0, atol=tolerance)
+    assert result["wame_steps"] == expected["wame_steps"] == [STEPS]
+
+
+def test_dcp_initialisation_step_changes_nothing(dcp_hops):
+    """get_state_dict on a fresh WAME runs DCP's step with zero gradients and lr 0: state as if fresh."""
+    fresh = load(dcp_hops[2], "fresh_after_init")
+    assert fresh["wame_steps"] == [0]
+    for name, state in fresh["state"].items():
+        assert not state["prev_sign"].any() and not state["z"].any() and not state["theta"].any(), name
+        assert torch.equal(state["zeta"], torch.ones_like(state["zeta"])), name
+
+
+def test_dcp_resume_on_the_same_world_size_is_bitwise(dcp_hops):
+    assert_same_run(load(dcp_hops[2], "resumed"), load(dcp_hops[2], "uninterrupted"))
+
+
+@pytest.mark.parametrize("ranks", [4, 1])
+def test_dcp_reshards_wame_state(dcp_hops, ranks):
+    """2 -> 4 -> 1 ranks: each hop ends where the uninterrupted 2-rank run ends (another world size sums
+    the gradients in another order: the ZeRO tolerances), prev_sign still int8."""
+    assert_same_run(load(dcp_hops[ranks], "resumed"), load(dcp_hops[2], "uninterrupted"), PARAM_TOLERANCE)

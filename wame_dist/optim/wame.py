@@ -224,8 +224,9 @@ class WAME(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            fresh = all(p not in self.state for p in group["params"])
             tensors = self._init_group(group)
-            if not tensors[0]:
+            if not tensors[0] or (fresh and _is_initialisation_step(group["lr"], tensors[1])):
                 continue
             eta_minus, eta_plus = group["etas"]
             zeta_min, zeta_max = group["zeta_bounds"]
@@ -246,6 +247,16 @@ class WAME(Optimizer):
                 maximize=group["maximize"],
             )
         return loss
+
+
+def _is_initialisation_step(lr: float | Tensor, grads: list[Tensor]) -> bool:
+    """A group's first step with ``lr`` 0 and all-zero gradients creates its state and changes nothing else.
+
+    That is how ``torch.distributed.checkpoint.state_dict`` (``get/set_optimizer_state_dict``) makes an
+    optimizer create its state before a checkpoint is loaded into it or taken from it. Algorithm 1 would
+    move ``Z`` from 0 towards ``zeta`` (0.1 with ``alpha=0.9``) and count a step, and training would go on
+    from that; with this rule the state is exactly that of a fresh optimizer."""
+    return float(lr) == 0.0 and not any(bool(g.any()) for g in grads)
 
 
 def validate_hyperparameters(group: dict[str, Any]) -> None:
