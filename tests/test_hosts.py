@@ -1,0 +1,83 @@
+"""WAME inside plain DeepSpeed, HF Trainer, Accelerate and Lightning: real packages, 2 CPU ranks (gloo).
+
+One launch of tests/hosts_worker.py runs every route (a tiny network with two parameter groups, a few
+steps); the tests read what rank 0 recorded. Every run that trains must step WAME (the engine's optimizer
+chain ends in WAME, whose ``step`` equals the engine's steps), lower the loss and link WAME's state for
+every parameter and key (``deepspeed.utils.safe_get_full_optimizer_state``); fp32 plain-DeepSpeed runs
+must end within 1e-5 of single-process WAME on the same global batches.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hosts_worker import GLOBAL_BATCH, LR, STATE_KEYS, STEPS, make_net, param_groups, samples
+from launching import TESTS, run, torchrun
+
+from wame_dist import WAME
+
+pytestmark = pytest.mark.multirank
+
+DEEPSPEED_FP32 = ["zero0", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload"]
+DEEPSPEED_BF16 = ["zero2_bf16", "zero3_bf16"]
+PLAN = [["deepspeed", {"runs": DEEPSPEED_FP32 + DEEPSPEED_BF16}]]
+PARAM_TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """name -> rank 0's record (a dict), or the message of the error the run raised (a str)."""
+    out = tmp_path_factory.mktemp("hosts")
+    run(torchrun(2, TESTS / "hosts_worker.py", str(out), json.dumps(PLAN)), timeout=900)
+    found = {path.stem: torch.load(path, weights_only=False) for path in out.glob("*.pt")}
+    found.update({path.stem: path.read_text() for path in out.glob("*.error")})
+    return found
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """Single-process WAME, the same two groups and global batches: final parameters by name."""
+    net = make_net()
+    optimizer = WAME(param_groups(net), lr=LR)
+    x, y = samples()
+    for k in range(STEPS):
+        batch = slice(k * GLOBAL_BATCH, (k + 1) * GLOBAL_BATCH)
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(net(x[batch]), y[batch]).backward()
+        optimizer.step()
+    return {name: p.detach().clone() for name, p in net.named_parameters()}
+
+
+def assert_trains_with_wame(record: dict, steps: int) -> None:
+    """DeepSpeed steps WAME, as often as the engine stepped, the loss falls and every fragment's state is
+    linked."""
+    assert record["chain"][-1] == "WAME", record["chain"]
+    assert record["wame_steps"] == [record["global_steps"]] and record["global_steps"] == steps
+    assert record["losses"][-1] < 0.8 * record["losses"][0], record["losses"]
+    for name, keys in record["linked"].items():
+        assert keys == {key: record["shapes"][name] for key in STATE_KEYS}, name
+
+
+@pytest.mark.parametrize("name", DEEPSPEED_FP32 + DEEPSPEED_BF16)
+def test_plain_deepspeed_builds_wame_from_the_config(name, results, reference):
+    record = results[f"deepspeed_{name}"]
+    assert_trains_with_wame(record, STEPS)
+    if name in DEEPSPEED_FP32:
+        for param, value in record["params"].items():
+            torch.testing.assert_close(value, reference[param], rtol=0, atol=PARAM_TOLERANCE)
+
+
+def test_without_register_deepspeed_refuses_and_the_check_says_what_to_do(results):
+    assert results["unregistered_deepspeed"] == "AssertionError: WAME is not a supported DeepSpeed Optimizer"
+    assert "call it before the engine is built" in results["unregistered_check"]
+    assert "wame_dist.deepspeed.register()" in results["unregistered_check"]
+
+
+def test_bad_wame_blocks_fail_at_initialize_with_the_usual_messages(results):
+    assert results["deepspeed_bad_key"].startswith("ConfigError: unknown key(s) ['betas'] in the WAME")
+    assert results["deepspeed_bad_value"] == (
+        "ConfigError: the WAME optimizer block of the DeepSpeed config: WAME: invalid alpha=1.5; "
+        "expected 0 <= alpha < 1"
+    )
