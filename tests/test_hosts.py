@@ -22,7 +22,12 @@ pytestmark = pytest.mark.multirank
 
 DEEPSPEED_FP32 = ["zero0", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload"]
 DEEPSPEED_BF16 = ["zero2_bf16", "zero3_bf16"]
-PLAN = [["deepspeed", {"runs": DEEPSPEED_FP32 + DEEPSPEED_BF16}]]
+PLAN = [
+    ["deepspeed", {"runs": DEEPSPEED_FP32 + DEEPSPEED_BF16}],
+    ["hf", {}],
+    ["accelerate", {}],
+    ["lightning", {}],
+]
 PARAM_TOLERANCE = 1e-5
 
 
@@ -50,12 +55,23 @@ def reference():
     return {name: p.detach().clone() for name, p in net.named_parameters()}
 
 
+def full_loss(params: dict[str, torch.Tensor] | None = None) -> float:
+    """The loss on all samples of the network with ``params`` (names as the host saw them: HF and Lightning
+    wrap the network as ``net``), or with its initial weights."""
+    net = make_net()
+    if params is not None:
+        net.load_state_dict({name.removeprefix("net."): value for name, value in params.items()})
+    x, y = samples()
+    with torch.no_grad():
+        return torch.nn.functional.mse_loss(net(x), y).item()
+
+
 def assert_trains_with_wame(record: dict, steps: int) -> None:
-    """DeepSpeed steps WAME, as often as the engine stepped, the loss falls and every fragment's state is
-    linked."""
+    """DeepSpeed steps WAME, as often as the engine stepped, the loss on all samples falls and every
+    fragment's state is linked."""
     assert record["chain"][-1] == "WAME", record["chain"]
     assert record["wame_steps"] == [record["global_steps"]] and record["global_steps"] == steps
-    assert record["losses"][-1] < 0.8 * record["losses"][0], record["losses"]
+    assert full_loss(record["params"]) < 0.8 * full_loss()
     for name, keys in record["linked"].items():
         assert keys == {key: record["shapes"][name] for key in STATE_KEYS}, name
 
@@ -81,3 +97,52 @@ def test_bad_wame_blocks_fail_at_initialize_with_the_usual_messages(results):
         "ConfigError: the WAME optimizer block of the DeepSpeed config: WAME: invalid alpha=1.5; "
         "expected 0 <= alpha < 1"
     )
+
+
+@pytest.mark.parametrize("name", ["hf_config", "hf_cls_and_kwargs"])
+def test_hf_trainer_trains_with_wame(name, results):
+    """WAME named in the DeepSpeed config, and WAME from optimizer_cls_and_kwargs (two parameter groups,
+    init_state never called by HF: every fragment's state must still be linked)."""
+    assert_trains_with_wame(results[name], STEPS)
+
+
+def test_hf_trainer_optimizers_argument_is_stopped_with_the_fix(results):
+    """transformers drops optimizers=(WAME(...), None) under DeepSpeed and builds AdamW: RequireWAME stops
+    the run."""
+    message = results["hf_optimizers"]
+    assert message.startswith("BadInput: DeepSpeed steps DeepSpeedOptimizerWrapper -> DeepSpeedZeroOptimizer")
+    assert "AdamW, not WAME" in message and "instead of optimizers=(WAME(...), None)" in message
+
+
+@pytest.mark.parametrize(
+    "name", ["accelerate_config", "accelerate_config_offload", "accelerate_client_offload_flag"]
+)
+def test_accelerate_trains_with_wame(name, results, reference):
+    record = results[name]
+    assert_trains_with_wame(record, STEPS)
+    for param, value in record["params"].items():  # the same global batches as the reference
+        torch.testing.assert_close(value, reference[param], rtol=0, atol=PARAM_TOLERANCE)
+
+
+def test_accelerate_offload_swap_is_caught_with_the_fix(results):
+    """Accelerate replaces a client optimizer by DeepSpeedCPUAdam under offload; require_wame says why."""
+    message = results["accelerate_client_offload"]
+    assert "DeepSpeedCPUAdam, not WAME" in message and '"zero_force_ds_cpu_optimizer": false' in message
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["lightning_client", "lightning_client_offload_flag", "lightning_config", "lightning_config_offload"],
+)
+def test_lightning_trains_with_wame(name, results):
+    """WAME from configure_optimizers and named in the strategy's config (a test-only strategy subclass lifts
+    Lightning's three GPU assumptions; see hosts_worker.cpu_deepspeed_strategy)."""
+    assert_trains_with_wame(results[name], STEPS)
+
+
+def test_lightning_offload_of_a_client_wame_is_refused_with_the_fix(results):
+    message = results["lightning_client_offload"]
+    assert message.startswith(
+        "ZeRORuntimeException: You are using ZeRO-Offload with a client provided optimizer"
+    )
+    assert '<"zero_force_ds_cpu_optimizer": false>' in message
