@@ -239,7 +239,8 @@ def scenario_hf(out: Path, steps: int = STEPS) -> None:
             learning_rate=LR,
             lr_scheduler_type="constant",
             max_grad_norm=0.0,
-            save_strategy="no",
+            save_strategy="steps" if name == "hf_config" else "no",  # writes checkpoint-{steps}/
+            save_steps=steps,
             report_to="none",
             disable_tqdm=True,
             deepspeed=copy.deepcopy(config),
@@ -379,6 +380,8 @@ def scenario_lightning(out: Path, steps: int = STEPS) -> None:
             save_error(out, name, error)
             continue
         save(out, name, report(trainer.strategy.model))
+        if name == "lightning_config":
+            trainer.save_checkpoint(out / f"{name}.ckpt")  # a folder: DeepSpeed's checkpoint
         log(name)
 
 

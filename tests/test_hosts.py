@@ -17,6 +17,7 @@ from hosts_worker import GLOBAL_BATCH, LR, STATE_KEYS, STEPS, make_net, param_gr
 from launching import TESTS, run, torchrun
 
 from wame_dist import WAME
+from wame_dist.cli import main as wame_dist
 
 pytestmark = pytest.mark.multirank
 
@@ -32,10 +33,17 @@ PARAM_TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    """name -> rank 0's record (a dict), or the message of the error the run raised (a str)."""
+def launched(tmp_path_factory):
+    """The folder the 2-rank run of every route wrote (records, errors, host checkpoints)."""
     out = tmp_path_factory.mktemp("hosts")
     run(torchrun(2, TESTS / "hosts_worker.py", str(out), json.dumps(PLAN)), timeout=900)
+    return out
+
+
+@pytest.fixture(scope="module")
+def results(launched):
+    """name -> rank 0's record (a dict), or the message of the error the run raised (a str)."""
+    out = launched
     found = {path.stem: torch.load(path, weights_only=False) for path in out.glob("*.pt")}
     found.update({path.stem: path.read_text() for path in out.glob("*.error")})
     return found
@@ -146,3 +154,21 @@ def test_lightning_offload_of_a_client_wame_is_refused_with_the_fix(results):
         "ZeRORuntimeException: You are using ZeRO-Offload with a client provided optimizer"
     )
     assert '<"zero_force_ds_cpu_optimizer": false>' in message
+
+
+@pytest.mark.parametrize(
+    "name, folder", [("hf_config", "hf_config/checkpoint-6"), ("lightning_config", "lightning_config.ckpt")]
+)
+def test_host_checkpoint_folders_export_and_reshard(name, folder, launched, results, tmp_path):
+    """HF's checkpoint-N/ (holding global_stepN/) and Lightning's *.ckpt/ folder are DeepSpeed checkpoint
+    folders: wame-dist export gives the gathered parameters and WAME's state; reshard to 1 rank too."""
+    assert STEPS == 6  # the folder names above
+    resharded = tmp_path / "resharded"
+    assert wame_dist(["reshard", str(launched / folder), "--world-size", "1", "--out", str(resharded)]) == 0
+    for source, out in ((launched / folder, tmp_path / "a.pt"), (resharded, tmp_path / "b.pt")):
+        assert wame_dist(["export", str(source), "--out", str(out)]) == 0
+        exported = torch.load(out, weights_only=False)
+        assert exported["meta"]["global_steps"] == STEPS
+        for param, value in results[name]["params"].items():
+            torch.testing.assert_close(exported["model"][param], value, rtol=0, atol=0)
+            assert set(STATE_KEYS) <= set(exported["optimizer_state"][param]), param
