@@ -26,8 +26,7 @@ from torch.utils.data import DistributedSampler
 
 from wame_dist import WAME
 from wame_dist.data import load_splits
-from wame_dist.deepspeed import initialize
-from wame_dist.deepspeed.engine import client_optimizer
+from wame_dist.deepspeed import initialize, require_wame
 from wame_dist.launch_env import discover
 
 STATE_KEYS = ("prev_sign", "zeta", "z", "theta")
@@ -142,7 +141,7 @@ class Trainer:
         for name, p in self.engine.module.named_parameters():
             params[name] = safe_get_full_fp32_param(p).detach().cpu().clone()
             state[name] = {k: safe_get_full_optimizer_state(p, k).detach().cpu().clone() for k in STATE_KEYS}
-        wame = client_optimizer(self.engine)
+        wame = require_wame(self.engine)
         local = [t for s in wame.state.values() for t in s.values() if t.dim() > 0]
         state_bytes = torch.tensor([sum(t.numel() * t.element_size() for t in local)])
         gathered = [torch.zeros_like(state_bytes) for _ in range(dist.get_world_size())]

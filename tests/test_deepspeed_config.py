@@ -19,6 +19,7 @@ from wame_dist.deepspeed.config import (
     read_config,
     wame_arguments,
 )
+from wame_dist.deepspeed.registration import is_registered
 from wame_dist.training.config import RunConfig
 from wame_dist.training.ds_setup import check_batch, run_deepspeed_config
 
@@ -49,21 +50,22 @@ def test_wame_block_becomes_constructor_arguments():
     config = {"optimizer": WAME_BLOCK}
     assert names_wame(config) and names_wame({"optimizer": {"type": "wame"}})
     assert not names_wame({"optimizer": {"type": "Adam"}}) and not names_wame({})
-    assert wame_arguments(config) == {"lr": 2e-3, "etas": (0.2, 1.5), "zeta_bounds": (0.05, 20.0)}
+    expected = {"lr": 2e-3, "etas": (0.2, 1.5), "zeta_bounds": (0.05, 20.0)}
+    assert wame_arguments(WAME_BLOCK["params"]) == expected
+    assert wame_arguments(None) == {}
     assert set(WAME_PARAMS) == set(inspect.signature(WAME).parameters) - {"params"}
 
 
 def test_unknown_keys_are_listed_with_the_valid_ones():
     with pytest.raises(ConfigError) as raised:
-        wame_arguments({"optimizer": {"type": "WAME", "params": {"lr": 1e-3, "betas": [0.9, 0.99]}}})
+        wame_arguments({"lr": 1e-3, "betas": [0.9, 0.99]})
     assert "unknown key(s) ['betas']" in str(raised.value)
     assert "valid keys are ['lr', 'alpha', 'etas', 'zeta_bounds'" in str(raised.value)
 
 
 def test_client_optimizer_switches():
     plain = for_client_optimizer({"optimizer": WAME_BLOCK, "zero_optimization": {"stage": 2}, "x": 1})
-    assert "optimizer" not in plain and plain["zero_allow_untested_optimizer"] is True and plain["x"] == 1
-    assert "zero_force_ds_cpu_optimizer" not in plain
+    assert plain == {"zero_optimization": {"stage": 2}, "x": 1}
     offload = for_client_optimizer(
         {"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}}
     )
@@ -77,20 +79,25 @@ def captured(monkeypatch):
     monkeypatch.setattr(
         initialize_module.deepspeed, "initialize", lambda **kw: calls.append(kw) or (None,) * 4
     )
-    monkeypatch.setattr(initialize_module, "client_optimizer", lambda engine: WAME([{"params": []}]))
     return calls
 
 
-def test_initialize_builds_wame_from_the_config(captured, tmp_path):
+def test_initialize_hands_the_wame_block_to_deepspeed(captured, tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"train_batch_size": 8, "optimizer": WAME_BLOCK}))
     initialize(args=argparse.Namespace(deepspeed_config=str(path), other=1), model="model")
     (call,) = captured
     assert call["args"].deepspeed_config is None and call["args"].other == 1
-    assert call["config"] == {"train_batch_size": 8, "zero_allow_untested_optimizer": True}
-    assert call["optimizer"].func is WAME and call["optimizer"].keywords == wame_arguments(
-        {"optimizer": WAME_BLOCK}
-    )
+    assert call["config"] == {"train_batch_size": 8, "optimizer": WAME_BLOCK} and call["optimizer"] is None
+    assert is_registered()  # so DeepSpeed builds WAME from the block
+
+
+def test_a_wame_instance_gets_the_offload_switch(captured):
+    offload = {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}
+    wame = WAME([{"params": []}])
+    initialize(model="model", optimizer=wame, config={"train_batch_size": 8, **offload})
+    assert captured[0]["optimizer"] is wame
+    assert captured[0]["config"] == {"train_batch_size": 8, **offload, "zero_force_ds_cpu_optimizer": False}
 
 
 def test_deepspeed_optimizers_pass_through_untouched(captured):

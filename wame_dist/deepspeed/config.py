@@ -5,15 +5,16 @@ A config selects WAME the way DeepSpeed configs select any optimizer::
     "optimizer": {"type": "WAME", "params": {"lr": 1e-3, "alpha": 0.9, "etas": [0.1, 1.2],
                                              "zeta_bounds": [0.01, 100.0]}}
 
-DeepSpeed does not know that type, so the block is taken out and WAME is handed to DeepSpeed as a client
-optimizer, with the two switches DeepSpeed wants for one: ``zero_allow_untested_optimizer`` and, when the
-optimizer is offloaded, ``zero_force_ds_cpu_optimizer: false`` (otherwise DeepSpeed insists on its own
-CPU Adam). Every other key is left exactly as written.
+After :func:`wame_dist.deepspeed.register`, DeepSpeed's engine builds WAME from that block itself
+(:func:`wame_builder` checks it). A WAME instance handed to DeepSpeed as a client optimizer needs one switch
+under optimizer offload, ``zero_force_ds_cpu_optimizer: false`` (otherwise DeepSpeed insists on its own CPU
+Adam): :func:`for_client_optimizer`.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import json
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 from wame_dist.errors import BadInput
 from wame_dist.optim import WAME
 
+#: The optimizer name of a WAME block ("type"), compared without case as DeepSpeed compares its own names.
 WAME_TYPE = "wame"
 
 #: Keys a WAME block's "params" may hold: WAME's constructor arguments.
@@ -51,15 +53,20 @@ def read_config(config: str | Path | dict[str, Any]) -> dict[str, Any]:
     return loaded
 
 
+def is_wame_name(name: Any) -> bool:
+    """True for the optimizer name WAME, in any case."""
+    return isinstance(name, str) and name.lower() == WAME_TYPE
+
+
 def names_wame(config: dict[str, Any]) -> bool:
     """True when the config's optimizer block selects WAME."""
     block = config.get("optimizer")
-    return isinstance(block, dict) and str(block.get("type", "")).lower() == WAME_TYPE
+    return isinstance(block, dict) and is_wame_name(block.get("type"))
 
 
-def wame_arguments(config: dict[str, Any]) -> dict[str, Any]:
-    """WAME's keyword arguments from the config's optimizer block, checked against WAME's signature."""
-    params = dict(config["optimizer"].get("params") or {})
+def wame_arguments(params: dict[str, Any] | None) -> dict[str, Any]:
+    """WAME's keyword arguments from a WAME block's ``params``, checked against WAME's signature."""
+    params = dict(params or {})
     unknown = sorted(set(params) - set(WAME_PARAMS))
     if unknown:
         raise ConfigError(
@@ -71,10 +78,21 @@ def wame_arguments(config: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+def wame_builder(params: dict[str, Any] | None) -> functools.partial:
+    """``WAME`` with a WAME block's ``params`` bound, to be called with the parameters; unknown keys and bad
+    values raise :class:`ConfigError` now."""
+    arguments = wame_arguments(params)
+    try:
+        WAME([{"params": []}], **arguments)
+    except ValueError as error:
+        raise ConfigError(f"the WAME optimizer block of the DeepSpeed config: {error}") from None
+    return functools.partial(WAME, **arguments)
+
+
 def for_client_optimizer(config: dict[str, Any]) -> dict[str, Any]:
-    """The config DeepSpeed should see when WAME is passed as a client optimizer."""
+    """The config DeepSpeed should see when a WAME instance is passed as a client optimizer: no optimizer
+    block, and ``zero_force_ds_cpu_optimizer: false`` under optimizer offload."""
     rewritten = {key: value for key, value in config.items() if key != "optimizer"}
-    rewritten["zero_allow_untested_optimizer"] = True
     offload = rewritten.get("zero_optimization", {}).get("offload_optimizer", {}) or {}
     if str(offload.get("device", "none")).lower() != "none":
         rewritten["zero_force_ds_cpu_optimizer"] = False

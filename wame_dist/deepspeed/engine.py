@@ -1,4 +1,4 @@
-"""``wame_dist.deepspeed.initialize``: ``deepspeed.initialize`` that understands ``"type": "WAME"``."""
+"""``wame_dist.deepspeed.initialize``: ``deepspeed.initialize`` after :func:`register`, with WAME's checks."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import deepspeed
 
 from wame_dist.deepspeed import config as ds_config
+from wame_dist.deepspeed.registration import register
 from wame_dist.optim import WAME
 
 
@@ -28,14 +29,15 @@ def initialize(
     config_params: Any = None,
 ):
     """Same arguments and return value as ``deepspeed.initialize`` (engine, optimizer, dataloader,
-    lr_scheduler).
+    lr_scheduler), which it calls after :func:`wame_dist.deepspeed.register`.
 
-    When the config (``config``, ``config_params`` or ``args.deepspeed_config``) selects
-    ``"type": "WAME"``, WAME is built from that block as a client optimizer and the config is rewritten as
-    DeepSpeed needs for one (see :mod:`wame_dist.deepspeed.config`). A WAME instance (or a callable that
-    builds one) passed as ``optimizer`` is made welcome the same way. Anything else goes to DeepSpeed
-    unchanged, so a config naming one of DeepSpeed's own optimizers behaves exactly as before.
+    A config (``config``, ``config_params`` or ``args.deepspeed_config``) that selects ``"type": "WAME"`` is
+    checked before DeepSpeed starts (unknown keys, bad values) and refused together with an ``optimizer``
+    argument. A WAME instance (or a callable that builds one) passed as ``optimizer`` gets the config a
+    client optimizer needs (:func:`wame_dist.deepspeed.config.for_client_optimizer`). Anything else goes to
+    DeepSpeed unchanged.
     """
+    register()
     common = {
         "model": model,
         "model_parameters": model_parameters,
@@ -58,36 +60,17 @@ def initialize(
                 "an optimizer was given both in the DeepSpeed config (an 'optimizer' block of type WAME) and "
                 "as the optimizer argument; keep one of them"
             )
-        arguments = ds_config.wame_arguments(loaded)
-        try:
-            WAME([{"params": []}], **arguments)  # bad hyperparameters fail here, before DeepSpeed starts
-        except ValueError as error:
-            raise ds_config.ConfigError(
-                f"the WAME optimizer block of the DeepSpeed config: {error}"
-            ) from None
-        optimizer = functools.partial(WAME, **arguments)  # DeepSpeed calls it with the parameters
+        ds_config.wame_builder(loaded["optimizer"].get("params"))  # bad blocks fail before DeepSpeed starts
     elif not _is_wame(optimizer):
         return deepspeed.initialize(
             args=args, optimizer=optimizer, config=config, config_params=config_params, **common
         )
+    else:
+        loaded = ds_config.for_client_optimizer(loaded)
 
     if getattr(args, "deepspeed_config", None) is not None:
         args = argparse.Namespace(**{**vars(args), "deepspeed_config": None})  # DeepSpeed refuses two configs
-    engine, wrapped, dataloader, scheduler = deepspeed.initialize(
-        args=args, optimizer=optimizer, config=ds_config.for_client_optimizer(loaded), **common
-    )
-    client_optimizer(engine).init_state()  # so DeepSpeed links the state of every group (see WAME.init_state)
-    return engine, wrapped, dataloader, scheduler
-
-
-def client_optimizer(engine: Any) -> WAME:
-    """The WAME instance inside a DeepSpeed engine (ZeRO wraps it in its own optimizer)."""
-    optimizer = engine.optimizer
-    while not isinstance(optimizer, WAME):
-        if not hasattr(optimizer, "optimizer"):
-            raise TypeError(f"the engine's optimizer {type(engine.optimizer).__name__} does not wrap WAME")
-        optimizer = optimizer.optimizer
-    return optimizer
+    return deepspeed.initialize(args=args, optimizer=optimizer, config=loaded, **common)
 
 
 def _is_wame(optimizer: Any) -> bool:
