@@ -411,7 +411,7 @@ def _multi_tensor_wame(
     grouped = _torch_compat.group_by_device_and_dtype(params, grads, prev_signs, zetas, zs, thetas)
     for (device, dtype), tensor_lists in grouped.items():
         guard = _representable_eps(eps, dtype)
-        beyond = min(2 * zeta_max, torch.finfo(dtype).max)  # finite: 0 * beyond must stay 0
+        beyond = torch.finfo(dtype).max / 4  # above any zeta, and zeta +- beyond stays finite
         slice_elements = _CPU_SLICE_ELEMENTS if device is not None and device.type == "cpu" else None
         for dev_params, dev_grads, dev_prev_signs, dev_zetas, dev_zs, dev_thetas in _slices(
             tensor_lists, slice_elements
@@ -424,14 +424,20 @@ def _multi_tensor_wame(
                 else:
                     dev_grads = torch._foreach_add(dev_grads, dev_params, alpha=weight_decay)
 
-            # zeta's exact selection without a foreach `where`: up = min(zeta * eta_plus, zeta_max) >= zeta >=
-            # down = max(zeta * eta_minus, zeta_min), so pushing zeta past both bounds where the signs agree
-            # (+beyond) or differ (-beyond), then clamping it to [down, up], gives up, down or zeta itself.
+            # zeta's exact selection without a foreach `where`, with c = sign * prev_sign in {-1, 0, +1}:
+            # pulled = zeta - beyond * c, up = max(min(zeta * eta_plus, zeta_max), pulled) and
+            # down = min(max(zeta * eta_minus, zeta_min), pulled); then zeta + beyond * c clamped to [down, up]
+            # gives min(zeta * eta_plus, zeta_max) where c > 0 (pulled < 0 < up), max(zeta * eta_minus,
+            # zeta_min) where c < 0 (pulled > zeta_max), and zeta itself where c = 0 (down <= zeta <= up even
+            # for a zeta outside the current bounds: bounds changed mid-run, or state from another run).
             signs = torch._foreach_sign(dev_grads)
+            pulled = torch._foreach_addcmul(dev_zetas, signs, dev_prev_signs, value=-beyond)
             ups = torch._foreach_mul(dev_zetas, eta_plus)
             torch._foreach_clamp_max_(ups, zeta_max)
+            torch._foreach_maximum_(ups, pulled)
             downs = torch._foreach_mul(dev_zetas, eta_minus)
             torch._foreach_clamp_min_(downs, zeta_min)
+            torch._foreach_minimum_(downs, pulled)
             torch._foreach_addcmul_(dev_zetas, signs, dev_prev_signs, value=beyond)
             torch._foreach_copy_(dev_prev_signs, signs)
             torch._foreach_minimum_(dev_zetas, ups)
