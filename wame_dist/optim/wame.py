@@ -426,10 +426,11 @@ def _multi_tensor_wame(
 
             # zeta's exact selection without a foreach `where`, with c = sign * prev_sign in {-1, 0, +1}:
             # pulled = zeta - beyond * c, up = max(min(zeta * eta_plus, zeta_max), pulled) and
-            # down = min(max(zeta * eta_minus, zeta_min), pulled); then zeta + beyond * c clamped to [down, up]
-            # gives min(zeta * eta_plus, zeta_max) where c > 0 (pulled < 0 < up), max(zeta * eta_minus,
-            # zeta_min) where c < 0 (pulled > zeta_max), and zeta itself where c = 0 (down <= zeta <= up even
-            # for a zeta outside the current bounds: bounds changed mid-run, or state from another run).
+            # down = min(max(zeta * eta_minus, zeta_min), pulled); then zeta + beyond * c clamped to
+            # [down, up] gives min(zeta * eta_plus, zeta_max) where c > 0 (pulled < 0 < up),
+            # max(zeta * eta_minus, zeta_min) where c < 0 (pulled > zeta_max), and zeta itself where c = 0
+            # (down <= zeta <= up even for a zeta outside the current bounds: bounds changed mid-run, or
+            # state loaded from a run with other bounds).
             signs = torch._foreach_sign(dev_grads)
             pulled = torch._foreach_addcmul(dev_zetas, signs, dev_prev_signs, value=-beyond)
             ups = torch._foreach_mul(dev_zetas, eta_plus)
