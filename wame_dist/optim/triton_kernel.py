@@ -3,6 +3,10 @@
 It computes what ``_single_tensor_wame`` computes, in float32 for float32, float16 and bfloat16 tensors
 (rounded once when stored). On a machine without a GPU it runs under Triton's interpreter
 (``TRITON_INTERPRET=1`` set before triton is imported), which is how the tests check it.
+
+torch.amp's fused-optimizer protocol: ``grad_scale`` and ``found_inf`` (0-dim float32 tensors on the
+device, or None) are read through pointers, so no value crosses to the host: a non-zero ``found_inf`` masks
+every store (the step changes nothing), and each gradient is multiplied by ``1 / grad_scale`` as it is read.
 """
 
 from __future__ import annotations
@@ -18,18 +22,23 @@ _BLOCK = 1024  # elements per program: 4 KiB of fp32 per tensor, 8 warps keep th
 
 @triton.jit
 def _wame_kernel(
-    w_ptr, g_ptr, prev_ptr, zeta_ptr, z_ptr, theta_ptr, n,
+    w_ptr, g_ptr, prev_ptr, zeta_ptr, z_ptr, theta_ptr, n, grad_scale_ptr, found_inf_ptr,
     lr, decay, weight_decay, alpha, one_minus_alpha, eta_minus, eta_plus, zeta_min, zeta_max, eps,
     MAXIMIZE: tl.constexpr, DECAY: tl.constexpr, LITERAL: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
 ):  # fmt: skip
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < n
+    if HAS_FOUND_INF:
+        mask = mask & (tl.zeros([BLOCK], dtype=tl.float32) == tl.load(found_inf_ptr))
     weight = tl.load(w_ptr + offsets, mask=mask).to(tl.float32)
     grad = tl.load(g_ptr + offsets, mask=mask).to(tl.float32)
     prev = tl.load(prev_ptr + offsets, mask=mask).to(tl.float32)
     zeta = tl.load(zeta_ptr + offsets, mask=mask).to(tl.float32)
     z = tl.load(z_ptr + offsets, mask=mask).to(tl.float32)
     theta = tl.load(theta_ptr + offsets, mask=mask).to(tl.float32)
+    if HAS_GRAD_SCALE:
+        grad = grad * tl.math.div_rn(1.0, tl.load(grad_scale_ptr).to(tl.float32))
     if MAXIMIZE:
         grad = -grad
     if DECAY == 1:
@@ -58,7 +67,7 @@ def _wame_kernel(
 def wame_step_(
     params, grads, prev_signs, zetas, zs, thetas, *,
     lr, alpha, eta_minus, eta_plus, zeta_min, zeta_max, eps, weight_decay, decoupled_weight_decay, literal,
-    maximize,
+    maximize, grad_scale=None, found_inf=None,
 ) -> None:  # fmt: skip
     """Launches the kernel once per tensor (ZeRO hands it one flat partition per group)."""
     decay_mode = 0 if weight_decay == 0 else (2 if decoupled_weight_decay else 1)
@@ -66,7 +75,9 @@ def wame_step_(
         n = w.numel()
         _wame_kernel[(triton.cdiv(n, _BLOCK),)](
             w, g, prev, zeta, z, theta, n,
+            w if grad_scale is None else grad_scale, w if found_inf is None else found_inf,
             lr, 1.0 - lr * weight_decay, weight_decay, alpha, 1.0 - alpha,
             eta_minus, eta_plus, zeta_min, zeta_max, eps,
             MAXIMIZE=maximize, DECAY=decay_mode, LITERAL=literal, BLOCK=_BLOCK,
+            HAS_GRAD_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None,
         )  # fmt: skip
