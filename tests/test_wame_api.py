@@ -150,7 +150,7 @@ def test_sparse_gradients_are_refused():
     ("kwargs", "message"),
     [
         ({"lr": -1e-3}, "lr=-0.001; expected lr >= 0"),
-        ({"lr": torch.tensor([1e-3, 2e-3])}, "expected a float or a 1-element tensor"),
+        ({"lr": torch.tensor([1e-3, 2e-3])}, "Tensor lr must be 1-element"),
         ({"alpha": 1.0}, "alpha=1.0; expected 0 <= alpha < 1"),
         ({"alpha": -0.1}, "alpha=-0.1"),
         (
