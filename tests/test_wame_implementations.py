@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -190,3 +191,48 @@ def test_without_a_compiler_default_falls_back_with_a_warning(tmp_path):
         [sys.executable, "-c", FALLBACK_CHECK], env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0 and "fallback ok" in proc.stdout, proc.stdout + proc.stderr
+
+
+LOAD_KERNEL = textwrap.dedent(
+    """
+    from wame_dist.optim import _torch_compat, cpu_kernel
+    cpu_kernel.load()
+    name = cpu_kernel.build_name()
+    print(cpu_kernel.__file__)
+    print(_torch_compat.extension_build_directory(name) + "/" + name + ".so")
+    """
+)
+
+
+def test_two_checkouts_share_one_kernel_build(tmp_path):
+    """Two checkouts of the same source, used in turn with one extension cache: the first builds the kernel
+    (saying so, once), the others load that build without recompiling it."""
+    for checkout in ("a", "b"):
+        shutil.copytree(
+            Path(__file__).parents[1] / "wame_dist",
+            tmp_path / checkout / "wame_dist",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+    cache = tmp_path / "torch_extensions"
+
+    def load(checkout: str) -> tuple[str, Path, int]:
+        env = {**os.environ, "PYTHONPATH": str(tmp_path / checkout), "TORCH_EXTENSIONS_DIR": str(cache)}
+        env.pop("RANK", None)
+        proc = subprocess.run(
+            [sys.executable, "-c", LOAD_KERNEL],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        module_file, library = proc.stdout.split()
+        assert Path(module_file).is_relative_to(tmp_path / checkout)
+        return proc.stderr, Path(library), Path(library).stat().st_mtime_ns
+
+    stderr, library, built = load("a")
+    assert stderr.count("building WAME's fused CPU kernel (first use, ~30 s)") == 1, stderr
+    for checkout in ("b", "a", "b"):
+        stderr, same_library, mtime = load(checkout)
+        assert "building" not in stderr and same_library == library and mtime == built, stderr
