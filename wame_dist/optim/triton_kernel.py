@@ -75,6 +75,7 @@ def wame_step_(
         n = w.numel()
         _wame_kernel[(triton.cdiv(n, _BLOCK),)](
             w, g, prev, zeta, z, theta, n,
+            # an absent scalar's pointer: any tensor, never read (its HAS_* flag below is False)
             w if grad_scale is None else grad_scale, w if found_inf is None else found_inf,
             lr, 1.0 - lr * weight_decay, weight_decay, alpha, 1.0 - alpha,
             eta_minus, eta_plus, zeta_min, zeta_max, eps,
