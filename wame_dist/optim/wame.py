@@ -86,14 +86,16 @@ class WAME(Optimizer):
     independent reals (their state has the shape of ``torch.view_as_real(param)``).
 
     Non-finite gradients are not searched for (that is the loss scaler's job: ``torch.amp.GradScaler`` and
-    DeepSpeed skip a step with an overflow before the optimizer sees it). With ``fused=True`` WAME follows
-    torch's fused-optimizer protocol with ``torch.amp.GradScaler`` (``_step_supports_amp_scaling``): the
-    scaler hands over ``grad_scale`` and ``found_inf`` instead of unscaling; a step with ``found_inf`` set
-    changes nothing (no parameter, no state, no ``step``), and otherwise the kernel multiplies each gradient
-    by ``1 / grad_scale`` as it reads it (``.grad`` itself stays scaled). If one arrives anyway, the result
+    DeepSpeed skip a step with an overflow before the optimizer sees it). If one arrives anyway, the result
     is defined element by element: ``sign(NaN) = 0``, so a NaN gradient leaves ``zeta`` unchanged, sets
     ``prev_sign`` to 0 and makes ``theta`` and the weight NaN; an infinite gradient moves ``zeta`` by its
     sign as usual, makes ``theta`` ``inf`` and the weight NaN (``inf / inf``). Other elements are unaffected.
+
+    With ``fused=True`` WAME follows torch's fused-optimizer protocol with ``torch.amp.GradScaler``
+    (``_step_supports_amp_scaling``): the scaler hands over ``grad_scale`` and ``found_inf`` instead of
+    unscaling; a step with ``found_inf`` set changes nothing (no parameter, no state, no ``step``), and
+    otherwise the kernel multiplies each gradient by ``1 / grad_scale`` as it reads it (``.grad`` itself
+    stays scaled).
 
     With float16 parameters an ``eps`` below 2**-24 would round to 0; the single-tensor and multi-tensor
     paths then use 2**-24 (the fused kernels compute in float32 and keep ``eps``).
@@ -339,8 +341,9 @@ def wame(
 ) -> None:
     """Functional WAME: updates ``params`` and the state lists in place. The one dispatch point.
 
-    ``grad_scale`` and ``found_inf`` (0-dim float tensors, from ``torch.amp.GradScaler``): the gradients are
-    scaled by ``grad_scale``; a non-zero ``found_inf`` skips the step, its ``step`` count included.
+    ``grad_scale`` and ``found_inf`` (0-dim float tensors, from ``torch.amp.GradScaler``): the gradients
+    arrive multiplied by ``grad_scale``; a non-zero ``found_inf`` skips the step, its ``step`` count
+    included.
     """
     implementation = choose_implementation(params, foreach=foreach, fused=fused)
     if found_inf is None:
