@@ -15,7 +15,8 @@ from wame_dist.optim.wame import _single_tensor_wame
 ULPS = 3
 HYPER = dict(
     lr=1e-2, alpha=0.9, eta_minus=0.1, eta_plus=1.2, zeta_min=0.01, zeta_max=100.0, eps=1e-8,
-    weight_decay=0.0, decoupled_weight_decay=False, literal=False, maximize=False,
+    weight_decay=0.0, decoupled_weight_decay=False, literal=False, maximize=False, grad_scale=None,
+    found_inf=None,
 )  # fmt: skip
 L2 = {"weight_decay": 0.01}
 CASES = (
@@ -59,7 +60,33 @@ def check(dtype, options):
         w, state = a[0], a[1:]
 
 
+def check_amp(dtype):
+    """torch.amp's protocol: with grad_scale the kernel unscales the scaled gradient as it reads it (the
+    single-tensor run gets the unscaled one); with found_inf set the step writes nothing at all."""
+    generator = torch.Generator().manual_seed(1)
+    n = 3000
+    w = torch.randn(n, generator=generator).to(dtype)
+    state = [torch.randint(-1, 2, (n,), dtype=torch.int8, generator=generator)]
+    state += [(torch.rand(n, generator=generator) + 0.5).to(dtype) for _ in range(3)]
+    g = torch.randn(n, generator=generator).to(dtype)
+    scale = torch.tensor(1024.0)
+    a = [w.clone(), *[s.clone() for s in state]]
+    b = [w.clone(), *[s.clone() for s in state]]
+    _single_tensor_wame([a[0]], [g], *[[t] for t in a[1:]], **HYPER)
+    triton_kernel.wame_step_([b[0]], [g * 1024], *[[t] for t in b[1:]], **{**HYPER, "grad_scale": scale})
+    assert torch.equal(a[1], b[1]), "prev_sign"
+    low = dtype == torch.bfloat16
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=2e-2 if low else 1e-5, atol=1e-3 if low else 1e-6)
+    skipped = [w.clone(), *[s.clone() for s in state]]
+    amp = {"grad_scale": scale, "found_inf": torch.tensor(1.0)}
+    triton_kernel.wame_step_([skipped[0]], [g], *[[t] for t in skipped[1:]], **{**HYPER, **amp})
+    for before, after in zip([w, *state], skipped):
+        assert torch.equal(before, after), "found_inf must skip every store"
+
+
 for dtype in (torch.float32, torch.bfloat16):
     for options in CASES:
         check(dtype, options)
+    check_amp(dtype)
 print("triton kernel agrees")

@@ -3,7 +3,8 @@
     python tests/fault_worker.py FAULT -- TRAIN_ARGS...
 
 FAULT is one of
-    die:RANK:STEP        rank RANK exits with status 3 just before optimizer step STEP (a crashed rank);
+    die:RANK:STEP        rank RANK exits with status 3 just before optimizer step STEP (a crashed rank),
+                         having written the time of death (time.time()) to OUT_DIR/died_at;
     crash-in-save:EPOCH  every rank dies half-way through writing the checkpoint of EPOCH (a power cut);
     skew-init:RANK       rank RANK's initial weights are perturbed (a rank that built another model).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 import runpy
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -29,7 +31,7 @@ def rank() -> int:
     return int(os.environ.get("RANK", "-1"))
 
 
-def inject(fault: str) -> None:
+def inject(fault: str, out_dir: Path) -> None:
     kind, *where = fault.split(":")
     if kind == "die":
         victim, at_step = map(int, where)
@@ -37,6 +39,7 @@ def inject(fault: str) -> None:
 
         def step(self, *args, **kwargs):
             if rank() == victim and self.global_steps + 1 == at_step:
+                (out_dir / "died_at").write_text(repr(time.time()))
                 os._exit(3)
             return original_step(self, *args, **kwargs)
 
@@ -71,6 +74,6 @@ def inject(fault: str) -> None:
 if __name__ == "__main__":
     fault, separator, *train_args = sys.argv[1:]
     assert separator == "--", "usage: fault_worker.py FAULT -- TRAIN_ARGS..."
-    inject(fault)
+    inject(fault, Path(train_args[train_args.index("--out-dir") + 1]))
     sys.argv = [str(TRAIN), *train_args]
     runpy.run_path(str(TRAIN), run_name="__main__")

@@ -144,3 +144,18 @@ def test_run_overrides(tmp_path):
     )
     assert sgd["optimizer"] == {"type": "SGD", "params": {"lr": 0.05, "momentum": 0.9}}
     assert sgd["zero_allow_untested_optimizer"] is True
+
+
+@pytest.mark.parametrize("supported", [True, False])
+def test_fp16_is_refused_early_where_deepspeed_refuses_it(supported, tmp_path, monkeypatch):
+    from deepspeed.accelerator import get_accelerator
+
+    monkeypatch.setattr(type(get_accelerator()), "is_fp16_supported", lambda self: supported)
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"train_batch_size": 64, "optimizer": WAME_BLOCK}))
+    run = RunConfig(deepspeed_config=str(path), precision="fp16")
+    if supported:
+        assert run_deepspeed_config(run, 2)["fp16"]["enabled"]
+    else:
+        with pytest.raises(ConfigError, match=r"DeepSpeed does not support fp16 .* use --precision bf16"):
+            run_deepspeed_config(run, 2)

@@ -109,17 +109,24 @@ def test_crash_during_checkpoint_keeps_the_last_good_one(launched, tmp_path):
     assert metrics(out) == metrics(launched["torchrun"])
 
 
+#: A dying rank must end the job this many seconds after its death, far below the collectives' timeout.
+DEATH_TO_EXIT_S, COLLECTIVE_TIMEOUT_S = 30, 600
+
+
 @pytest.mark.parametrize("launcher", ["torchrun", "mpirun"])
-def test_a_dying_rank_ends_the_job_quickly(launcher, tmp_path):
-    fault = [str(TESTS / "fault_worker.py"), "die:1:3", "--", *train_args(tmp_path, "--timeout", "60")]
+def test_a_dying_rank_ends_the_job_within_seconds(launcher, tmp_path):
+    """The survivor notices the dead peer and the launcher ends the job long before ``--timeout``."""
+    timeout = ["--timeout", str(COLLECTIVE_TIMEOUT_S)]
+    fault = [str(TESTS / "fault_worker.py"), "die:1:3", "--", *train_args(tmp_path, *timeout)]
     if launcher == "torchrun":
         command = torchrun(2, *[Path(fault[0])], *fault[1:])
     else:
         command = [str(VENV_BIN / "mpirun"), "-n", "2", str(VENV_BIN / "python"), *fault]
-    started = time.monotonic()
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=job_env(), cwd=ROOT)
+    ended = time.time()
     assert proc.returncode != 0
-    assert time.monotonic() - started < 120, "the surviving rank must not hang"
+    died = float((tmp_path / "died_at").read_text())
+    assert ended - died < DEATH_TO_EXIT_S, f"the job outlived its dead rank by {ended - died:.0f} s"
 
 
 def test_ranks_with_different_weights_fail_loudly(tmp_path):

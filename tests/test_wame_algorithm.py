@@ -176,3 +176,26 @@ def test_non_finite_gradient_is_defined_element_by_element(implementation):
     for key in ("zeta", "z", "theta", "prev_sign"):
         assert torch.equal(state[key][3:], healthy_optimizer.state[healthy][key])
     assert torch.equal(param.detach()[3:], healthy.detach())
+
+
+def test_zeta_outside_new_bounds_is_kept_where_signs_do_not_meet(implementation):
+    """Bounds narrowed mid-run (or state loaded from a run with other bounds): where c = 0 zeta is left as
+    it is, even outside the new bounds; where the signs agree or differ it moves and is clipped (lines 4-8).
+    Element 0 gets a zero gradient, element 1 an agreeing one, element 2 a differing one."""
+    start = [0.5, -0.5, 0.25]
+    param = torch.nn.Parameter(float64(start))
+    optimizer = WAME([param], **implementation)
+    reference = reference_for(start, {})
+    schedule = [[1.0, 1.0, 1.0]] * 3 + [[0.0, 1.0, -1.0], [0.0, 1.0, 1.0]]
+    for t, grads in enumerate(schedule):
+        if t == 3:
+            optimizer.param_groups[0]["zeta_bounds"] = (0.01, 1.2)
+            reference.zeta_max = 1.2
+        param.grad = float64(grads)
+        optimizer.step()
+        reference.step(grads)
+        torch.testing.assert_close(optimizer.state[param]["zeta"], float64(reference.zeta), rtol=RTOL, atol=0)
+        torch.testing.assert_close(param.detach(), float64(reference.weights), rtol=RTOL, atol=ATOL)
+        if t == 2:
+            assert reference.zeta == pytest.approx([1.44] * 3)
+    assert reference.zeta == pytest.approx([1.44, 1.2, 0.0144])  # 1.44 * 0.1 * 0.1

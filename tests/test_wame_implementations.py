@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -52,14 +53,25 @@ def ulp_distance(reference: torch.Tensor, other: torch.Tensor, scale: torch.Tens
     return (reference - other).abs() / spacing
 
 
+#: zeta_bounds set half-way through every side-by-side run: zeta has grown past 1.2 (and shrunk below
+#: 0.05) in places by then, so the steps after it hold zetas outside the bounds, kept where c = 0.
+NARROWED_BOUNDS = (0.05, 1.2)
+
+
 def step_both(options, dtype, first, second, steps=12, compare=None):
     """Runs two implementations side by side; ``compare(params_a, params_b, before, opt_a, opt_b)`` after
-    each step. For fused-vs-single, the second run is re-synchronised to the first after each step, so the
-    check is per step (differences would otherwise compound through the sign decisions)."""
+    each step. Half-way, both narrow their zeta bounds to ``NARROWED_BOUNDS``. For fused-vs-single, the
+    second run is re-synchronised to the first after each step, so the check is per step (differences
+    would otherwise compound through the sign decisions)."""
     params_a, params_b = make_params(dtype), make_params(dtype)
     opt_a = WAME(params_a, lr=1e-2, **options, **first)
     opt_b = WAME(params_b, lr=1e-2, **options, **second)
     for t in range(steps):
+        if t == steps // 2:
+            for optimizer in (opt_a, opt_b):
+                optimizer.param_groups[0]["zeta_bounds"] = NARROWED_BOUNDS
+            zetas = torch.cat([opt_a.state[p]["zeta"].flatten().float() for p in params_a])
+            assert zetas.max() > NARROWED_BOUNDS[1] and zetas.min() < NARROWED_BOUNDS[0]
         before = [p.detach().clone() for p in params_a]
         for pa, pb, g in zip(params_a, params_b, gradients(params_a, t)):
             pa.grad, pb.grad = g.clone(), g.clone()
@@ -113,7 +125,7 @@ def test_half_precision_close_to_single(dtype, other):
             torch.testing.assert_close(pa, pb, rtol=2e-2, atol=2e-3)
             assert opt_b.state[pb]["zeta"].dtype == dtype and opt_b.state[pb]["prev_sign"].dtype == torch.int8
 
-    step_both({}, dtype, {"foreach": False, "fused": False}, other, steps=4, compare=compare)
+    step_both({}, dtype, {"foreach": False, "fused": False}, other, steps=8, compare=compare)
 
 
 def test_default_picks_fused_on_cpu(monkeypatch):
@@ -154,13 +166,16 @@ AOT_COMPILE_CHECK = textwrap.dedent(
 
     scalars = ("lr", "decay", "weight_decay", "alpha", "one_minus_alpha", "eta_minus", "eta_plus",
                "zeta_min", "zeta_max", "eps")
-    signature = {"pointers": "*i64", "numels": "*i64", "block_tensor": "*i32", "block_start": "*i64"}
+    signature = {"pointers": "*i64", "numels": "*i64", "block_tensor": "*i32", "block_start": "*i64",
+                 "grad_scale_ptr": "*fp32", "found_inf_ptr": "*fp32"}
     signature |= dict.fromkeys(scalars, "fp32")
     for capability in (80, 90):
         for dtype in (tl.float32, tl.float16, tl.bfloat16):
-            for full, aligned, decay, literal in ((1, 1, 0, 0), (0, 0, 1, 1), (1, 0, 2, 0)):
+            cases = ((1, 1, 0, 0, 0), (0, 0, 1, 1, 1), (1, 0, 2, 0, 0), (1, 1, 0, 0, 1))
+            for full, aligned, decay, literal, amp in cases:
                 constants = {"DTYPE": dtype, "MAXIMIZE": not full, "DECAY": decay, "LITERAL": bool(literal),
-                             "BLOCK": 1024, "FULL": bool(full), "ALIGNED": bool(aligned)}
+                             "BLOCK": 1024, "FULL": bool(full), "ALIGNED": bool(aligned),
+                             "HAS_GRAD_SCALE": bool(amp), "HAS_FOUND_INF": bool(amp)}
                 types = signature | dict.fromkeys(constants, "constexpr")
                 source = ASTSource(fn=_wame_kernel, signature=types, constexprs=constants)
                 kernel = triton.compile(source, target=GPUTarget("cuda", capability, 32))
@@ -175,7 +190,8 @@ AOT_COMPILE_CHECK = textwrap.dedent(
 def test_triton_kernel_compiles_for_ampere_and_hopper():
     """The CUDA kernel, compiled ahead of time by Triton's real compiler and ptxas for sm_80 and sm_90 (no GPU
     needed): what the interpreter cannot check. Whole blocks of 16-byte-aligned tensors use 16-byte vector
-    loads and stores, partial or unaligned ones scalar accesses."""
+    loads and stores (also with torch.amp's grad_scale and found_inf), partial or unaligned ones scalar
+    accesses."""
     proc = subprocess.run(
         [sys.executable, "-c", AOT_COMPILE_CHECK], capture_output=True, text=True, timeout=600,
         env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"},
@@ -219,3 +235,48 @@ def test_without_a_compiler_default_falls_back_with_a_warning(tmp_path):
         [sys.executable, "-c", FALLBACK_CHECK], env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0 and "fallback ok" in proc.stdout, proc.stdout + proc.stderr
+
+
+LOAD_KERNEL = textwrap.dedent(
+    """
+    from wame_dist.optim import _torch_compat, cpu_kernel
+    cpu_kernel.load()
+    name = cpu_kernel.build_name()
+    print(cpu_kernel.__file__)
+    print(_torch_compat.extension_build_directory(name) + "/" + name + ".so")
+    """
+)
+
+
+def test_two_checkouts_share_one_kernel_build(tmp_path):
+    """Two checkouts of the same source, used in turn with one extension cache: the first builds the kernel
+    (saying so, once), the others load that build without recompiling it."""
+    for checkout in ("a", "b"):
+        shutil.copytree(
+            Path(__file__).parents[1] / "wame_dist",
+            tmp_path / checkout / "wame_dist",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+    cache = tmp_path / "torch_extensions"
+
+    def load(checkout: str) -> tuple[str, Path, int]:
+        env = {**os.environ, "PYTHONPATH": str(tmp_path / checkout), "TORCH_EXTENSIONS_DIR": str(cache)}
+        env.pop("RANK", None)
+        proc = subprocess.run(
+            [sys.executable, "-c", LOAD_KERNEL],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        module_file, library = proc.stdout.split()
+        assert Path(module_file).is_relative_to(tmp_path / checkout)
+        return proc.stderr, Path(library), Path(library).stat().st_mtime_ns
+
+    stderr, library, built = load("a")
+    assert stderr.count("building WAME's fused CPU kernel (first use, ~30 s)") == 1, stderr
+    for checkout in ("b", "a", "b"):
+        stderr, same_library, mtime = load(checkout)
+        assert "building" not in stderr and same_library == library and mtime == built, stderr

@@ -1,4 +1,4 @@
-"""The only place where wame_dist touches torch.optim's private helpers.
+"""The only place where wame_dist touches torch's private helpers (torch.optim's, cpp_extension's).
 
 They change between torch releases; if one moves, this module is the single thing to mend.
 """
@@ -36,6 +36,14 @@ def scalar_dtype() -> torch.dtype:
 def foreach_supported_devices() -> list[str]:
     """Device types on which ``torch._foreach_*`` kernels exist."""
     return _optimizer._get_foreach_kernels_supported_devices()
+
+
+def extension_build_directory(name: str) -> str:
+    """The folder (created if missing) in which ``torch.utils.cpp_extension.load`` builds extension
+    ``name`` by default: under ``TORCH_EXTENSIONS_DIR``, else torch's per-accelerator default root."""
+    from torch.utils import cpp_extension
+
+    return cpp_extension._get_build_directory(name, verbose=False)
 
 
 def local_tensors(tensors: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -101,16 +101,24 @@ def fused_wame(
     thetas: list[Tensor],
     *,
     multi_tensor_fallback: Callable[..., None],
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
     **hyper: float | bool,
 ) -> None:
     """Updates the tensors in place with the fused kernel of their device; rows a kernel cannot take go to
-    ``multi_tensor_fallback`` with the same keyword hyperparameters."""
+    ``multi_tensor_fallback`` with the same keyword hyperparameters. ``grad_scale`` and ``found_inf``
+    (torch.amp's, see :func:`wame_dist.optim.wame.wame`) are sent to each device, as torch's fused Adam
+    sends them."""
     grouped = _torch_compat.group_by_device_and_dtype(params, grads, prev_signs, zetas, zs, thetas)
     for (device, _), tensor_lists in grouped.items():
+        amp = {
+            "grad_scale": None if grad_scale is None else grad_scale.to(device, non_blocking=True),
+            "found_inf": None if found_inf is None else found_inf.to(device, non_blocking=True),
+        }
         rows = list(zip(*tensor_lists))
         dense = [row for row in rows if _kernel_can_take(row)]
         other = [row for row in rows if not _kernel_can_take(row)]
         if dense:
-            _kernel_for(device)(*map(list, zip(*dense)), **hyper)
+            _kernel_for(device)(*map(list, zip(*dense)), **hyper, **amp)
         if other:
-            multi_tensor_fallback(*map(list, zip(*other)), **hyper)
+            multi_tensor_fallback(*map(list, zip(*other)), **hyper, **amp)

@@ -8,6 +8,10 @@ found through a block table (tensor index, first element) and a pointer table (t
 tensor's parameter, gradient and state), both built once per set of tensors and cached on the device.
 A model of 200 parameter tensors therefore costs one launch per step, not 200.
 
+torch.amp's fused-optimizer protocol: ``grad_scale`` and ``found_inf`` (0-dim float32 tensors on the
+device, or None) are read through pointers, so no value crosses to the host: a non-zero ``found_inf`` masks
+every store (the step changes nothing), and each gradient is multiplied by ``1 / grad_scale`` as it is read.
+
 On a machine without a GPU it runs under Triton's interpreter (``TRITON_INTERPRET=1`` set before triton is
 imported), which is how the tests check it.
 """
@@ -39,10 +43,11 @@ def _pointer(table, column, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
 
 @triton.jit
 def _wame_kernel(
-    pointers, numels, block_tensor, block_start,
+    pointers, numels, block_tensor, block_start, grad_scale_ptr, found_inf_ptr,
     lr, decay, weight_decay, alpha, one_minus_alpha, eta_minus, eta_plus, zeta_min, zeta_max, eps,
     DTYPE: tl.constexpr, MAXIMIZE: tl.constexpr, DECAY: tl.constexpr, LITERAL: tl.constexpr,
     BLOCK: tl.constexpr, FULL: tl.constexpr, ALIGNED: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
 ):  # fmt: skip
     block = tl.program_id(0)
     tensor = tl.load(block_tensor + block).to(tl.int64)
@@ -61,6 +66,11 @@ def _wame_kernel(
     zeta = tl.load(zeta_ptr + offsets, mask=mask).to(tl.float32)
     z = tl.load(z_ptr + offsets, mask=mask).to(tl.float32)
     theta = tl.load(theta_ptr + offsets, mask=mask).to(tl.float32)
+    if HAS_GRAD_SCALE:
+        grad = grad * tl.math.div_rn(1.0, tl.load(grad_scale_ptr).to(tl.float32))
+    if HAS_FOUND_INF:  # the same value for the whole block: whole blocks' stores stay vectorised
+        keep = tl.zeros([BLOCK], dtype=tl.float32) == tl.load(found_inf_ptr)
+        mask = keep if FULL else mask & keep
     if MAXIMIZE:
         grad = -grad
     if DECAY == 1:
@@ -141,7 +151,7 @@ def _tables_for(rows: list[tuple[torch.Tensor, ...]]) -> _Tables:
 def wame_step_(
     params, grads, prev_signs, zetas, zs, thetas, *,
     lr, alpha, eta_minus, eta_plus, zeta_min, zeta_max, eps, weight_decay, decoupled_weight_decay, literal,
-    maximize,
+    maximize, grad_scale=None, found_inf=None,
 ) -> None:  # fmt: skip
     """Updates the tensors in place, one launch per dtype (the caller groups them by device)."""
     decay_mode = 0 if weight_decay == 0 else (2 if decoupled_weight_decay else 1)
@@ -156,8 +166,12 @@ def wame_step_(
                 continue
             _wame_kernel[(blocks.count,)](
                 tables.pointers, tables.numels, blocks.tensor, blocks.start,
+                # an absent scalar's pointer: any tensor, never read (its HAS_* flag below is False)
+                tables.numels if grad_scale is None else grad_scale,
+                tables.numels if found_inf is None else found_inf,
                 lr, 1.0 - lr * weight_decay, weight_decay, alpha, 1.0 - alpha,
                 eta_minus, eta_plus, zeta_min, zeta_max, eps,
                 DTYPE=_TRITON_DTYPE[dtype], MAXIMIZE=maximize, DECAY=decay_mode, LITERAL=literal,
                 BLOCK=_BLOCK, FULL=full, ALIGNED=tables.aligned,
+                HAS_GRAD_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None,
             )  # fmt: skip

@@ -11,6 +11,7 @@ Three implementations of one element-wise rule, chosen at one dispatch point (:f
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -29,13 +30,19 @@ DENOMINATORS = ("sqrt", "literal")
 #: Per-parameter state: key -> how to create it lazily from the parameter (ZeRO partitions and checkpoints
 #: converted by other tools may arrive with some keys missing; each is then created on its own).
 _STATE_FACTORIES = {
-    "step": lambda p: torch.zeros((), dtype=_torch_compat.scalar_dtype()),
+    "step": lambda p: _step_counter(0.0),
     "prev_sign": lambda p: torch.zeros_like(p, dtype=torch.int8, memory_format=torch.preserve_format),
     "zeta": lambda p: torch.ones_like(p, memory_format=torch.preserve_format),
     "z": lambda p: torch.zeros_like(p, memory_format=torch.preserve_format),
     "theta": lambda p: torch.zeros_like(p, memory_format=torch.preserve_format),
 }
 STATE_KEYS = tuple(_STATE_FACTORIES)
+
+
+def _step_counter(value: float) -> Tensor:
+    """The per-parameter ``step`` counter holding ``value``: a 0-dim tensor of torch.optim's scalar dtype."""
+    return torch.tensor(value, dtype=_torch_compat.scalar_dtype())
+
 
 #: Elements per slice when the multi-tensor path walks CPU tensors: the ~10 live float slices of 512 KiB
 #: stay in a core's L2/L3 across all ops of the rule instead of streaming through DRAM once per op.
@@ -83,6 +90,12 @@ class WAME(Optimizer):
     is defined element by element: ``sign(NaN) = 0``, so a NaN gradient leaves ``zeta`` unchanged, sets
     ``prev_sign`` to 0 and makes ``theta`` and the weight NaN; an infinite gradient moves ``zeta`` by its
     sign as usual, makes ``theta`` ``inf`` and the weight NaN (``inf / inf``). Other elements are unaffected.
+
+    With ``fused=True`` WAME follows torch's fused-optimizer protocol with ``torch.amp.GradScaler``
+    (``_step_supports_amp_scaling``): the scaler hands over ``grad_scale`` and ``found_inf`` instead of
+    unscaling; a step with ``found_inf`` set changes nothing (no parameter, no state, no ``step``), and
+    otherwise the kernel multiplies each gradient by ``1 / grad_scale`` as it reads it (``.grad`` itself
+    stays scaled).
 
     With float16 parameters an ``eps`` below 2**-24 would round to 0; the single-tensor and multi-tensor
     paths then use 2**-24 (the fused kernels compute in float32 and keep ``eps``).
@@ -146,6 +159,25 @@ class WAME(Optimizer):
         }
         validate_hyperparameters(defaults)
         super().__init__(params, defaults)
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        """True for ``fused=True``, as for torch's fused optimizers: ``torch.amp.GradScaler.step`` then sets
+        ``grad_scale`` and ``found_inf`` on the optimizer instead of unscaling the gradients itself."""
+        return bool(self.defaults["fused"])
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restores a pickled optimizer, or the state ``load_state_dict`` built, as torch's optimizers do:
+        implementation flags missing from a group (a state_dict of an older version or of another writer)
+        take the constructor's defaults, and a ``step`` saved as a Python number becomes a tensor."""
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, default in _FLAG_DEFAULTS.items():
+                group.setdefault(key, default)
+            for p in group["params"]:
+                p_state = self.state.get(p, {})
+                if "step" in p_state and not torch.is_tensor(p_state["step"]):
+                    p_state["step"] = _step_counter(float(p_state["step"]))
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Adds a group like ``torch.optim.Optimizer`` does, then validates its hyperparameters."""
@@ -223,6 +255,7 @@ class WAME(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
         for group in self.param_groups:
             fresh = all(p not in self.state for p in group["params"])
             tensors = self._init_group(group)
@@ -245,6 +278,8 @@ class WAME(Optimizer):
                 decoupled_weight_decay=group["decoupled_weight_decay"],
                 denominator=group["denominator"],
                 maximize=group["maximize"],
+                grad_scale=grad_scale,
+                found_inf=found_inf,
             )
         return loss
 
@@ -268,7 +303,7 @@ def validate_hyperparameters(group: dict[str, Any]) -> None:
     lr = group["lr"]
     if isinstance(lr, Tensor):
         if lr.numel() != 1:
-            fail("lr", lr, "a float or a 1-element tensor")
+            raise ValueError("Tensor lr must be 1-element")  # torch's message
         lr = lr.item()
     if not lr >= 0.0:
         fail("lr", lr, "lr >= 0")
@@ -312,16 +347,24 @@ def wame(
     decoupled_weight_decay: bool,
     denominator: str,
     maximize: bool,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
 ) -> None:
     """Functional WAME: updates ``params`` and the state lists in place. The one dispatch point.
 
-    DTensors (FSDP2's sharded parameters and the state created like them) are updated through their local
-    shards."""
+    ``grad_scale`` and ``found_inf`` (0-dim float tensors, from ``torch.amp.GradScaler``): the gradients
+    arrive multiplied by ``grad_scale``; a non-zero ``found_inf`` skips the step, its ``step`` count
+    included. DTensors (FSDP2's sharded parameters and the state created like them) are updated through
+    their local shards.
+    """
     params, grads, prev_signs, zetas, zs, thetas = (
         _torch_compat.local_tensors(tensors) for tensors in (params, grads, prev_signs, zetas, zs, thetas)
     )
     implementation = choose_implementation(params, foreach=foreach, fused=fused)
-    torch._foreach_add_(steps, 1)
+    if found_inf is None:
+        torch._foreach_add_(steps, 1)
+    else:
+        torch._foreach_add_(steps, [(1 - found_inf).to(step) for step in steps])
     implementation(
         params,
         grads,
@@ -340,6 +383,8 @@ def wame(
         decoupled_weight_decay=decoupled_weight_decay,
         literal=denominator == "literal",
         maximize=maximize,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
     )
 
 
@@ -379,7 +424,12 @@ def _single_tensor_wame(
     decoupled_weight_decay: bool,
     literal: bool,
     maximize: bool,
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
 ) -> None:
+    grads = _amp_unscaled(grads, grad_scale, found_inf)
+    if grads is None:
+        return
     for param, grad, prev_sign, zeta, z, theta in zip(params, grads, prev_signs, zetas, zs, thetas):
         grad = -grad if maximize else grad
         if weight_decay != 0:
@@ -424,11 +474,16 @@ def _multi_tensor_wame(
     decoupled_weight_decay: bool,
     literal: bool,
     maximize: bool,
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
 ) -> None:
+    grads = _amp_unscaled(grads, grad_scale, found_inf)
+    if grads is None:
+        return
     grouped = _torch_compat.group_by_device_and_dtype(params, grads, prev_signs, zetas, zs, thetas)
     for (device, dtype), tensor_lists in grouped.items():
         guard = _representable_eps(eps, dtype)
-        beyond = min(2 * zeta_max, torch.finfo(dtype).max)  # finite: 0 * beyond must stay 0
+        beyond = torch.finfo(dtype).max / 4  # above any zeta, and zeta +- beyond stays finite
         slice_elements = _CPU_SLICE_ELEMENTS if device is not None and device.type == "cpu" else None
         for dev_params, dev_grads, dev_prev_signs, dev_zetas, dev_zs, dev_thetas in _slices(
             tensor_lists, slice_elements
@@ -441,14 +496,21 @@ def _multi_tensor_wame(
                 else:
                     dev_grads = torch._foreach_add(dev_grads, dev_params, alpha=weight_decay)
 
-            # zeta's exact selection without a foreach `where`: up = min(zeta * eta_plus, zeta_max) >= zeta >=
-            # down = max(zeta * eta_minus, zeta_min), so pushing zeta past both bounds where the signs agree
-            # (+beyond) or differ (-beyond), then clamping it to [down, up], gives up, down or zeta itself.
+            # zeta's exact selection without a foreach `where`, with c = sign * prev_sign in {-1, 0, +1}:
+            # pulled = zeta - beyond * c, up = max(min(zeta * eta_plus, zeta_max), pulled) and
+            # down = min(max(zeta * eta_minus, zeta_min), pulled); then zeta + beyond * c clamped to
+            # [down, up] gives min(zeta * eta_plus, zeta_max) where c > 0 (pulled < 0 < up),
+            # max(zeta * eta_minus, zeta_min) where c < 0 (pulled > zeta_max), and zeta itself where c = 0
+            # (down <= zeta <= up even for a zeta outside the current bounds: bounds changed mid-run, or
+            # state loaded from a run with other bounds).
             signs = torch._foreach_sign(dev_grads)
+            pulled = torch._foreach_addcmul(dev_zetas, signs, dev_prev_signs, value=-beyond)
             ups = torch._foreach_mul(dev_zetas, eta_plus)
             torch._foreach_clamp_max_(ups, zeta_max)
+            torch._foreach_maximum_(ups, pulled)
             downs = torch._foreach_mul(dev_zetas, eta_minus)
             torch._foreach_clamp_min_(downs, zeta_min)
+            torch._foreach_minimum_(downs, pulled)
             torch._foreach_addcmul_(dev_zetas, signs, dev_prev_signs, value=beyond)
             torch._foreach_copy_(dev_prev_signs, signs)
             torch._foreach_minimum_(dev_zetas, ups)
@@ -464,6 +526,19 @@ def _multi_tensor_wame(
                 torch._foreach_add_(denoms, guard)
             steps = torch._foreach_mul(dev_zs, dev_grads)
             torch._foreach_addcdiv_(dev_params, steps, denoms, -lr)
+
+
+def _amp_unscaled(
+    grads: list[Tensor], grad_scale: Tensor | None, found_inf: Tensor | None
+) -> list[Tensor] | None:
+    """torch.amp's protocol for the implementations without a kernel (rows the fused kernel cannot take, or
+    a group with other flags than the defaults): None when ``found_inf`` says to skip the step, else the
+    gradients times ``1 / grad_scale``, rounded to float32 as ``GradScaler.unscale_`` rounds it."""
+    if found_inf is not None and found_inf.item() != 0:
+        return None
+    if grad_scale is None:
+        return grads
+    return torch._foreach_mul(grads, grad_scale.double().reciprocal().float().item())
 
 
 def _representable_eps(eps: float, dtype: torch.dtype) -> float:
@@ -495,3 +570,11 @@ def _slices(tensor_lists: list[list[Tensor]], max_elements: int | None) -> Itera
                 batch, filled = [[] for _ in tensor_lists], 0
     if filled:
         yield batch
+
+
+#: The constructor's keyword-only flags and their defaults, which a loaded group lacking them takes.
+_FLAG_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(WAME.__init__).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+}

@@ -17,10 +17,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.distributed as dist
 
 from wame_dist import atomic
+from wame_dist.deepspeed.checkpoint import safe_load
 from wame_dist.errors import BadInput
 from wame_dist.training.config import RunConfig
 
@@ -85,13 +85,19 @@ def resume(engine, run: RunConfig, recorder) -> int:
 
 
 def check_compatible(path: Path, run: RunConfig, world_size: int) -> None:
-    """Fails, saying what to do, if the checkpoint at ``path`` belongs to another run or world size."""
+    """Fails, saying what to do, if the checkpoint at ``path`` belongs to another run or world size, or
+    (unless ``run.trust_checkpoint``) if any of its files names a type DeepSpeed's checkpoints never hold:
+    the engine's ``load_checkpoint`` unpickles them fully. (See
+    :mod:`wame_dist.deepspeed.checkpoint.safe_load`.)"""
     states = sorted(path.glob("*model_states.pt"))
     if not states:
         raise BadInput(
             f"{path} is not a DeepSpeed checkpoint (no *model_states.pt); delete it or use another --out-dir"
         )
-    saved = torch.load(states[0], map_location="cpu", weights_only=False)
+    if not run.trust_checkpoint:
+        for file in sorted(path.glob("*.pt")):
+            safe_load.require_trusted(file)
+    saved = safe_load.load(states[0], trust=run.trust_checkpoint)
     theirs: dict[str, Any] = saved.get("run", {})
     ours = asdict(run)
     differing = [k for k in _MUST_MATCH if theirs.get(k) != ours[k]]

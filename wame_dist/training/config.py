@@ -6,6 +6,7 @@ import argparse
 from dataclasses import dataclass, field
 
 from wame_dist.data import DATASETS
+from wame_dist.deepspeed.checkpoint.safe_load import TRUST_FLAG
 from wame_dist.models import MODELS
 
 OPTIMIZERS = ("wame", "adam", "rmsprop", "sgd")
@@ -52,6 +53,7 @@ class RunConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (tests, smoke runs)
     compile: bool = False
     timeout_s: int = 600  # a collective waiting longer than this fails the job instead of hanging it
+    trust_checkpoint: bool = False  # resume from checkpoints holding types DeepSpeed's never hold
 
     @property
     def model_name(self) -> str:
@@ -83,6 +85,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--timeout", type=int, default=600, help="seconds before a stuck collective fails the job")
+    p.add_argument(
+        TRUST_FLAG,
+        action="store_true",
+        help="resume from a checkpoint that holds types DeepSpeed's checkpoints do not (refused by default, "
+        "since loading it can run code from it); only for files you trust",
+    )
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
@@ -106,4 +114,5 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
         max_steps=args.max_steps,
         compile=args.compile,
         timeout_s=args.timeout,
+        trust_checkpoint=args.trust_checkpoint,
     )

@@ -29,11 +29,28 @@ def run_deepspeed_config(run: RunConfig, world_size: int) -> dict[str, Any]:
         config["bf16"] = {**config.get("bf16", {}), "enabled": run.precision == "bf16"}
         config["fp16"] = {**config.get("fp16", {}), "enabled": run.precision == "fp16"}
         config["torch_autocast"] = {"enabled": run.precision == "bf16-autocast", "dtype": "bfloat16"}
+    check_fp16(config, run.deepspeed_config)
     if run.batch_size is not None:
         config["train_batch_size"] = run.batch_size
         config.pop("train_micro_batch_size_per_gpu", None)
     check_batch(config, world_size, run.deepspeed_config)
     return config
+
+
+def check_fp16(config: dict[str, Any], source: str) -> None:
+    """Fails early, saying what to do, where DeepSpeed's accelerator would refuse the config's fp16 (its CPU
+    accelerator does on CPUs without native fp16 arithmetic) only once the engine is built."""
+    if not config.get("fp16", {}).get("enabled", False):
+        return
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    if not accelerator.is_fp16_supported():
+        raise ConfigError(
+            f"fp16 is enabled (--precision fp16 or the fp16 block of {source}) but DeepSpeed does not "
+            f"support fp16 on this machine's {accelerator.device_name()} accelerator; use --precision bf16, "
+            "bf16-autocast or fp32"
+        )
 
 
 def check_batch(config: dict[str, Any], world_size: int, source: str) -> None:

@@ -9,9 +9,14 @@ from collections.abc import Sequence
 from wame_dist.deepspeed.checkpoint.export import export
 from wame_dist.deepspeed.checkpoint.layout import CheckpointError
 from wame_dist.deepspeed.checkpoint.reshard import reshard
+from wame_dist.deepspeed.checkpoint.safe_load import TRUST_FLAG
 
 _CHECKPOINT_HELP = "the directory given to engine.save_checkpoint (holding 'latest' and the tag folders)"
 _TAG_HELP = "the checkpoint tag to read (default: the one named in CHECKPOINT_DIR/latest)"
+_TRUST_HELP = (
+    "read the checkpoint with full unpickling, which can run code from it; only for files you trust that "
+    "hold types DeepSpeed's checkpoints do not (by default they are refused)"
+)
 
 
 def reshard_parser() -> argparse.ArgumentParser:
@@ -37,6 +42,7 @@ def reshard_parser() -> argparse.ArgumentParser:
         help="zero_optimization.sub_group_size of the ZeRO-3 engine that will load it (default: the source "
         "config's, or DeepSpeed's default)",
     )
+    parser.add_argument(TRUST_FLAG, action="store_true", help=_TRUST_HELP)
     return parser
 
 
@@ -51,6 +57,7 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("checkpoint_dir", metavar="CHECKPOINT_DIR", help=_CHECKPOINT_HELP)
     parser.add_argument("--tag", help=_TAG_HELP)
     parser.add_argument("--out", required=True, metavar="FILE", help="file to create (must not exist)")
+    parser.add_argument(TRUST_FLAG, action="store_true", help=_TRUST_HELP)
     return parser
 
 
@@ -73,6 +80,7 @@ def reshard_main(argv: Sequence[str] | None = None) -> int:
             tag=args.tag,
             stage=args.stage,
             sub_group_size=args.sub_group_size,
+            trust=args.trust_checkpoint,
         )
     except CheckpointError as error:
         return _failure(parser, error)
@@ -91,7 +99,7 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     if isinstance(args, int):
         return args
     try:
-        meta = export(args.checkpoint_dir, args.out, tag=args.tag)
+        meta = export(args.checkpoint_dir, args.out, tag=args.tag, trust=args.trust_checkpoint)
     except CheckpointError as error:
         return _failure(parser, error)
     print(

@@ -14,12 +14,14 @@ from wame_dist.deepspeed.checkpoint.output import fresh_path
 FORMAT = "wame-dist-export/1"
 
 
-def export(checkpoint_dir: str | Path, out: str | Path, *, tag: str | None = None) -> dict[str, Any]:
+def export(
+    checkpoint_dir: str | Path, out: str | Path, *, tag: str | None = None, trust: bool = False
+) -> dict[str, Any]:
     """Writes tag ``tag`` (default: the one in ``latest``) of the ZeRO checkpoint in ``checkpoint_dir`` to the
     new file ``out`` with ``torch.save``, atomically (see :func:`exported` for its contents); returns its
-    ``meta``."""
+    ``meta``. ``trust``: read the source with full unpickling (:mod:`.safe_load`)."""
     out = fresh_path(out)
-    payload = exported(consolidate(read_checkpoint(checkpoint_dir, tag)))
+    payload = exported(consolidate(read_checkpoint(checkpoint_dir, tag, trust=trust)))
     atomic.torch_save(payload, out)
     return payload["meta"]
 

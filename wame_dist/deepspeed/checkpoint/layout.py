@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
 
+from wame_dist.deepspeed.checkpoint import safe_load
 from wame_dist.errors import BadInput
 
 Z12_MODEL_FILE = "mp_rank_00_model_states.pt"
@@ -95,8 +95,9 @@ def resolve_tag(root: str | Path, tag: str | None = None) -> tuple[Path, str]:
     return root, tag
 
 
-def read_checkpoint(root: str | Path, tag: str | None = None) -> Checkpoint:
-    """Loads one tag of a ZeRO checkpoint and checks that it is a layout these tools handle."""
+def read_checkpoint(root: str | Path, tag: str | None = None, *, trust: bool = False) -> Checkpoint:
+    """Loads one tag of a ZeRO checkpoint and checks that it is a layout these tools handle. Its files are
+    read without running code from them unless ``trust`` is set (:mod:`.safe_load`)."""
     root, tag = resolve_tag(root, tag)
     folder = root / tag
     names = sorted(path.name for path in folder.iterdir())
@@ -121,7 +122,7 @@ def read_checkpoint(root: str | Path, tag: str | None = None) -> Checkpoint:
         )
     stage3 = (folder / "zero_pp_rank_0_mp_rank_00_model_states.pt").is_file()
     model_file = folder / ("zero_pp_rank_0_mp_rank_00_model_states.pt" if stage3 else Z12_MODEL_FILE)
-    model_states = _load(model_file)
+    model_states = _load(model_file, trust)
     _check_model_states(model_file, model_states)
     world_size = model_states["dp_world_size"]
     ranks = sorted(int(rank) for rank in optim_files)
@@ -138,7 +139,8 @@ def read_checkpoint(root: str | Path, tag: str | None = None) -> Checkpoint:
         if missing:
             raise CheckpointError(f"{str(folder)!r} lacks the ZeRO-3 model states of ranks {missing}")
     files = [
-        _load(folder / f"{prefix}zero_pp_rank_{r}_mp_rank_00_optim_states.pt") for r in range(world_size)
+        _load(folder / f"{prefix}zero_pp_rank_{r}_mp_rank_00_optim_states.pt", trust)
+        for r in range(world_size)
     ]
     optim_states = [file.get("optimizer_state_dict") for file in files]
     stage, flavor = _stage_and_flavor(folder, optim_states, stage3)
@@ -159,11 +161,11 @@ def read_checkpoint(root: str | Path, tag: str | None = None) -> Checkpoint:
     )
 
 
-def _load(path: Path) -> dict[str, Any]:
+def _load(path: Path, trust: bool) -> dict[str, Any]:
     try:
-        # DeepSpeed pickles its own objects (loss scaler, enums, fragment addresses): full unpickling, so
-        # read only checkpoints you trust, as engine.load_checkpoint does.
-        loaded = torch.load(path, map_location="cpu", weights_only=False)
+        loaded = safe_load.load(path, trust=trust)
+    except safe_load.UntrustedCheckpoint as error:
+        raise CheckpointError(str(error)) from None
     except Exception as error:
         raise CheckpointError(f"cannot read {str(path)!r} ({type(error).__name__}: {error})") from None
     if not isinstance(loaded, dict):

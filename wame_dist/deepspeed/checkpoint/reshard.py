@@ -31,12 +31,14 @@ def reshard(
     tag: str | None = None,
     stage: int | None = None,
     sub_group_size: int | None = None,
+    trust: bool = False,
 ) -> Resharded:
     """Rewrites tag ``tag`` (default: the one in ``latest``) of the ZeRO checkpoint in ``checkpoint_dir`` for
     an engine of ``world_size`` data-parallel ranks (and ZeRO ``stage``, default the source's; ZeRO-3
     ``sub_group_size``, default the source config's) into the new directory ``out``, with ``latest`` naming
     the same tag; ``engine.load_checkpoint(out)`` then loads it natively. The source is only read; ``out``
-    appears, complete, only at the end."""
+    appears, complete, only at the end. ``trust``: read the source with full unpickling
+    (:mod:`.safe_load`)."""
     if not isinstance(world_size, int) or world_size < 1:
         raise CheckpointError(f"the world size must be a whole number of at least 1, not {world_size!r}")
     if stage not in (None, 1, 2, 3):
@@ -50,7 +52,7 @@ def reshard(
             f"the output {str(out)!r} lies inside the source checkpoint {str(root)!r}, which is never "
             "modified; choose an output outside it"
         )
-    cons = consolidate(read_checkpoint(root, tag))
+    cons = consolidate(read_checkpoint(root, tag, trust=trust))
     target = target_for(cons, world_size, stage, sub_group_size)
     with new_directory(out) as temporary:
         (temporary / tag).mkdir()

@@ -4,6 +4,10 @@
 // order and with the same roundings (fp32/fp64), so that both agree to within 2 ulp: see the comments that
 // name the torch op each line mirrors. Half and bfloat16 are computed in float and rounded once at the end.
 //
+// torch.amp's fused-optimizer protocol: a set found_inf skips the step (nothing is written), and grad_scale's
+// reciprocal (rounded to float as GradScaler.unscale_ rounds it) multiplies each gradient as it is read (the
+// gradient in memory stays scaled); without a grad_scale the factor is 1, an exact no-op.
+//
 // Built at first use by wame_dist/optim/cpu_kernel.py with -O3 -march=native -fno-math-errno
 // (so sqrt vectorises) and -ffp-contract=off (so gcc adds no fused multiply-adds torch does not use).
 #include <ATen/Dispatch.h>
@@ -13,12 +17,13 @@
 
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 namespace {
 
 struct Hyper {
-  double lr, alpha, eta_minus, eta_plus, zeta_min, zeta_max, eps, weight_decay;
+  double lr, alpha, eta_minus, eta_plus, zeta_min, zeta_max, eps, weight_decay, inv_grad_scale;
 };
 
 enum Decay { kNoDecay = 0, kL2 = 1, kDecoupled = 2 };
@@ -32,9 +37,9 @@ void wame_range(T* __restrict__ w, const T* __restrict__ g, int8_t* __restrict__
   const A alpha = static_cast<A>(h.alpha), one_minus_alpha = static_cast<A>(1.0 - h.alpha);
   const A eta_minus = static_cast<A>(h.eta_minus), eta_plus = static_cast<A>(h.eta_plus);
   const A zeta_min = static_cast<A>(h.zeta_min), zeta_max = static_cast<A>(h.zeta_max);
-  const A eps = static_cast<A>(h.eps), neg_lr = -lr;
+  const A eps = static_cast<A>(h.eps), neg_lr = -lr, inv_grad_scale = static_cast<A>(h.inv_grad_scale);
   for (int64_t i = begin; i < end; ++i) {
-    A grad = static_cast<A>(g[i]);
+    A grad = static_cast<A>(g[i]) * inv_grad_scale;
     A weight = static_cast<A>(w[i]);
     if (kMaximize) grad = -grad;
     if (kDecay == kL2) grad = std::fma(weight, wd, grad);   // grad.add(param, alpha=wd)
@@ -105,8 +110,12 @@ void check_row(const at::Tensor& param, const std::vector<at::Tensor>& row) {
 void wame_step_(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, std::vector<at::Tensor> prev_signs,
                 std::vector<at::Tensor> zetas, std::vector<at::Tensor> zs, std::vector<at::Tensor> thetas,
                 double lr, double alpha, double eta_minus, double eta_plus, double zeta_min, double zeta_max,
-                double eps, double weight_decay, bool decoupled_weight_decay, bool literal, bool maximize) {
-  const Hyper h{lr, alpha, eta_minus, eta_plus, zeta_min, zeta_max, eps, weight_decay};
+                double eps, double weight_decay, bool decoupled_weight_decay, bool literal, bool maximize,
+                const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  if (found_inf.has_value() && found_inf->item<double>() != 0.0) return;  // torch.amp skips this step
+  const double inv_grad_scale =
+      grad_scale.has_value() ? static_cast<double>(static_cast<float>(1.0 / grad_scale->item<double>())) : 1.0;
+  const Hyper h{lr, alpha, eta_minus, eta_plus, zeta_min, zeta_max, eps, weight_decay, inv_grad_scale};
   for (size_t i = 0; i < params.size(); ++i) {
     auto& p = params[i];
     check_row(p, {grads[i], prev_signs[i], zetas[i], zs[i], thetas[i]});
@@ -129,5 +138,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("grads"), py::arg("prev_signs"), py::arg("zetas"), py::arg("zs"), py::arg("thetas"), py::kw_only(),
         py::arg("lr"), py::arg("alpha"), py::arg("eta_minus"), py::arg("eta_plus"), py::arg("zeta_min"),
         py::arg("zeta_max"), py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled_weight_decay"),
-        py::arg("literal"), py::arg("maximize"));
+        py::arg("literal"), py::arg("maximize"), py::arg("grad_scale") = py::none(),
+        py::arg("found_inf") = py::none());
 }
