@@ -13,7 +13,7 @@ import json
 
 import pytest
 import torch
-from hosts_worker import GLOBAL_BATCH, LR, STATE_KEYS, STEPS, make_net, param_groups, samples
+from hosts_worker import GLOBAL_BATCH, LR, RESUME_STEPS, STATE_KEYS, STEPS, make_net, param_groups, samples
 from launching import TESTS, run, torchrun
 
 from wame_dist import WAME
@@ -30,6 +30,15 @@ PLAN = [
     ["lightning", {}],
 ]
 PARAM_TOLERANCE = 1e-5
+HOST_CHECKPOINTS = {"hf": f"hf_config/checkpoint-{STEPS}", "lightning": "lightning_config.ckpt"}
+#: What HF Trainer (transformers 5) writes into checkpoint-N/ beside DeepSpeed's files, on 2 ranks.
+HF_FILES = [
+    "model.safetensors",
+    "rng_state_0.pth",
+    "rng_state_1.pth",
+    "trainer_state.json",
+    "training_args.bin",
+]
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +56,20 @@ def results(launched):
     found = {path.stem: torch.load(path, weights_only=False) for path in out.glob("*.pt")}
     found.update({path.stem: path.read_text() for path in out.glob("*.error")})
     return found
+
+
+@pytest.fixture(scope="module")
+def resumed(launched, tmp_path_factory):
+    """The 2-rank run's HF and Lightning checkpoints resharded to 1 rank by ``wame-dist reshard`` and resumed
+    through the hosts by one 1-rank launch: host -> ``{"start": ..., "end": ...}`` (see
+    ``hosts_worker.scenario_resume``)."""
+    out = tmp_path_factory.mktemp("resumed")
+    options = {}
+    for host, folder in HOST_CHECKPOINTS.items():
+        options[host] = target = str(out / f"{host}_ws1")
+        assert wame_dist(["reshard", str(launched / folder), "--world-size", "1", "--out", target]) == 0
+    run(torchrun(1, TESTS / "hosts_worker.py", str(out), json.dumps([["resume", options]])), timeout=600)
+    return {host: torch.load(out / f"{host}_resumed.pt", weights_only=False) for host in HOST_CHECKPOINTS}
 
 
 @pytest.fixture(scope="module")
@@ -156,19 +179,42 @@ def test_lightning_offload_of_a_client_wame_is_refused_with_the_fix(results):
     assert '<"zero_force_ds_cpu_optimizer": false>' in message
 
 
-@pytest.mark.parametrize(
-    "name, folder", [("hf_config", "hf_config/checkpoint-6"), ("lightning_config", "lightning_config.ckpt")]
-)
-def test_host_checkpoint_folders_export_and_reshard(name, folder, launched, results, tmp_path):
+@pytest.mark.parametrize("host", HOST_CHECKPOINTS)
+def test_host_checkpoint_folders_export_and_reshard(host, launched, results, tmp_path):
     """HF's checkpoint-N/ (holding global_stepN/) and Lightning's *.ckpt/ folder are DeepSpeed checkpoint
-    folders: wame-dist export gives the gathered parameters and WAME's state; reshard to 1 rank too."""
-    assert STEPS == 6  # the folder names above
-    resharded = tmp_path / "resharded"
-    assert wame_dist(["reshard", str(launched / folder), "--world-size", "1", "--out", str(resharded)]) == 0
-    for source, out in ((launched / folder, tmp_path / "a.pt"), (resharded, tmp_path / "b.pt")):
-        assert wame_dist(["export", str(source), "--out", str(out)]) == 0
+    folders: wame-dist export gives the gathered parameters and WAME's state; reshard to 1 rank too, and
+    carries the host's own files (HF's trainer_state.json, rng_state_{rank}.pth...) unchanged, DeepSpeed's
+    recovery scripts not."""
+    source, resharded = launched / HOST_CHECKPOINTS[host], tmp_path / "resharded"
+    assert wame_dist(["reshard", str(source), "--world-size", "1", "--out", str(resharded)]) == 0
+    tag = (source / "latest").read_text()
+    own = {"latest", tag, "zero_to_fp32.py", "zero_to_torch.py"}
+    host_files = sorted(path.name for path in source.iterdir() if path.name not in own)
+    assert host_files == ([] if host == "lightning" else HF_FILES)
+    assert sorted(path.name for path in resharded.iterdir()) == sorted([*host_files, "latest", tag])
+    for name in host_files:
+        assert (resharded / name).read_bytes() == (source / name).read_bytes(), name
+    for folder, out in ((source, tmp_path / "a.pt"), (resharded, tmp_path / "b.pt")):
+        assert wame_dist(["export", str(folder), "--out", str(out)]) == 0
         exported = torch.load(out, weights_only=False)
         assert exported["meta"]["global_steps"] == STEPS
-        for param, value in results[name]["params"].items():
+        for param, value in results[f"{host}_config"]["params"].items():
             torch.testing.assert_close(exported["model"][param], value, rtol=0, atol=0)
             assert set(STATE_KEYS) <= set(exported["optimizer_state"][param]), param
+
+
+@pytest.mark.parametrize("host", HOST_CHECKPOINTS)
+def test_hosts_resume_a_resharded_checkpoint_on_another_world_size(host, launched, resumed, tmp_path):
+    """2 ranks -> ``wame-dist reshard --world-size 1`` -> HF ``train(resume_from_checkpoint=...)`` / Lightning
+    ``fit(ckpt_path=...)`` on 1 rank: the host goes on from the checkpoint's step (not 0) with exactly its
+    weights, and trains on to RESUME_STEPS with WAME stepping once per host step."""
+    out = tmp_path / "source.pt"
+    assert wame_dist(["export", str(launched / HOST_CHECKPOINTS[host]), "--out", str(out)]) == 0
+    saved = torch.load(out, weights_only=False)["model"]
+    start, end = resumed[host]["start"], resumed[host]["end"]
+    assert start["host_step"] == start["global_steps"] == STEPS and start["wame_steps"] == [STEPS]
+    assert start["params"].keys() == saved.keys()
+    for param, value in start["params"].items():
+        torch.testing.assert_close(value, saved[param], rtol=0, atol=0)
+    assert end["host_step"] == RESUME_STEPS
+    assert_trains_with_wame(end, RESUME_STEPS)
