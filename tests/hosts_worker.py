@@ -323,6 +323,8 @@ def scenario_accelerate(out: Path, steps: int = STEPS) -> None:
             optimizer.step()
             optimizer.zero_grad()
         save(out, name, report(engine))
+        if name == "accelerate_config":
+            accelerator.save_state(str(out / f"{name}.state"))  # DeepSpeed's folder, tag pytorch_model
         log(name)
 
 
@@ -417,18 +419,36 @@ def scenario_lightning(out: Path, steps: int = STEPS) -> None:
 
 
 # -------------------------------------------------------------------------- resuming through the host
-def scenario_resume(out: Path, hf: str, lightning: str, steps: int = RESUME_STEPS) -> None:
-    """HF Trainer (``resume_from_checkpoint=hf``) and Lightning (``fit(ckpt_path=lightning)``) resume the
-    ``hf_config`` / ``lightning_config`` runs from their checkpoints (resharded for this world size) and train
-    on to ``steps`` steps. ``OUT_DIR/{hf,lightning}_resumed.pt``: ``start``, :func:`loaded` and the host's
-    global step right after loading (as the run's first callback sees them), and ``end``, :func:`report`
-    and the host's global step after the run."""
+def scenario_resume(out: Path, accelerate: str, hf: str, lightning: str, steps: int = RESUME_STEPS) -> None:
+    """Accelerate (``load_state(accelerate)``), HF Trainer (``resume_from_checkpoint=hf``) and Lightning
+    (``fit(ckpt_path=lightning)``) resume the ``accelerate_config`` / ``hf_config`` / ``lightning_config``
+    runs from their checkpoints (resharded for this world size) and train on to ``steps`` steps (Accelerate:
+    on global batches STEPS..steps-1, as the saving run would have). ``OUT_DIR/{host}_resumed.pt``: ``start``,
+    :func:`loaded` right after loading (HF, Lightning: with the host's global step, as the run's first
+    callback sees it), and ``end``, :func:`report` after the run (with the host's global step)."""
     import lightning.pytorch as pl
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin, DummyOptim
     from transformers import Trainer, TrainerCallback
 
     from wame_dist.integrations.hf import RequireWAME
 
     wame_dist.deepspeed.register()
+
+    accelerate_on_cpu()
+    micro = GLOBAL_BATCH // dist.get_world_size()
+    config = ds_config(ZERO["zero2"], train_micro_batch_size_per_gpu=micro)
+    accelerator = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=config))
+    net = make_net()
+    engine, optimizer = accelerator.prepare(net, DummyOptim(param_groups(net), lr=LR))
+    accelerator.load_state(accelerate)
+    start = loaded(engine)
+    for x, y in rank_batches(steps, micro)[STEPS:]:
+        accelerator.backward(torch.nn.functional.mse_loss(engine(x), y))
+        optimizer.step()
+        optimizer.zero_grad()
+    save(out, "accelerate_resumed", {"start": start, "end": report(engine)})
+    log("accelerate_resumed")
 
     class HFStart(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):

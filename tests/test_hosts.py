@@ -30,15 +30,23 @@ PLAN = [
     ["lightning", {}],
 ]
 PARAM_TOLERANCE = 1e-5
-HOST_CHECKPOINTS = {"hf": f"hf_config/checkpoint-{STEPS}", "lightning": "lightning_config.ckpt"}
-#: What HF Trainer (transformers 5) writes into checkpoint-N/ beside DeepSpeed's files, on 2 ranks.
-HF_FILES = [
-    "model.safetensors",
-    "rng_state_0.pth",
-    "rng_state_1.pth",
-    "trainer_state.json",
-    "training_args.bin",
-]
+HOST_CHECKPOINTS = {
+    "accelerate": "accelerate_config.state",
+    "hf": f"hf_config/checkpoint-{STEPS}",
+    "lightning": "lightning_config.ckpt",
+}
+#: What the hosts (accelerate 1, transformers 5) write beside DeepSpeed's files, on 2 ranks.
+HOST_FILES = {
+    "accelerate": ["random_states_0.pkl", "random_states_1.pkl"],
+    "hf": [
+        "model.safetensors",
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+        "trainer_state.json",
+        "training_args.bin",
+    ],
+    "lightning": [],
+}
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +68,8 @@ def results(launched):
 
 @pytest.fixture(scope="module")
 def resumed(launched, tmp_path_factory):
-    """The 2-rank run's HF and Lightning checkpoints resharded to 1 rank by ``wame-dist reshard`` and resumed
-    through the hosts by one 1-rank launch: host -> ``{"start": ..., "end": ...}`` (see
+    """The 2-rank run's Accelerate, HF and Lightning checkpoints resharded to 1 rank by ``wame-dist reshard``
+    and resumed through the hosts by one 1-rank launch: host -> ``{"start": ..., "end": ...}`` (see
     ``hosts_worker.scenario_resume``)."""
     out = tmp_path_factory.mktemp("resumed")
     options = {}
@@ -72,18 +80,23 @@ def resumed(launched, tmp_path_factory):
     return {host: torch.load(out / f"{host}_resumed.pt", weights_only=False) for host in HOST_CHECKPOINTS}
 
 
-@pytest.fixture(scope="module")
-def reference():
-    """Single-process WAME, the same two groups and global batches: final parameters by name."""
+def single_process(steps: int) -> dict[str, torch.Tensor]:
+    """Single-process WAME, the same two groups and global batches, ``steps`` steps: parameters by name."""
     net = make_net()
     optimizer = WAME(param_groups(net), lr=LR)
     x, y = samples()
-    for k in range(STEPS):
+    for k in range(steps):
         batch = slice(k * GLOBAL_BATCH, (k + 1) * GLOBAL_BATCH)
         optimizer.zero_grad()
         torch.nn.functional.mse_loss(net(x[batch]), y[batch]).backward()
         optimizer.step()
     return {name: p.detach().clone() for name, p in net.named_parameters()}
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """:func:`single_process` after STEPS steps."""
+    return single_process(STEPS)
 
 
 def full_loss(params: dict[str, torch.Tensor] | None = None) -> float:
@@ -190,7 +203,7 @@ def test_host_checkpoint_folders_export_and_reshard(host, launched, results, tmp
     tag = (source / "latest").read_text()
     own = {"latest", tag, "zero_to_fp32.py", "zero_to_torch.py"}
     host_files = sorted(path.name for path in source.iterdir() if path.name not in own)
-    assert host_files == ([] if host == "lightning" else HF_FILES)
+    assert host_files == HOST_FILES[host]
     assert sorted(path.name for path in resharded.iterdir()) == sorted([*host_files, "latest", tag])
     for name in host_files:
         assert (resharded / name).read_bytes() == (source / name).read_bytes(), name
@@ -205,16 +218,32 @@ def test_host_checkpoint_folders_export_and_reshard(host, launched, results, tmp
 
 @pytest.mark.parametrize("host", HOST_CHECKPOINTS)
 def test_hosts_resume_a_resharded_checkpoint_on_another_world_size(host, launched, resumed, tmp_path):
-    """2 ranks -> ``wame-dist reshard --world-size 1`` -> HF ``train(resume_from_checkpoint=...)`` / Lightning
-    ``fit(ckpt_path=...)`` on 1 rank: the host goes on from the checkpoint's step (not 0) with exactly its
-    weights, and trains on to RESUME_STEPS with WAME stepping once per host step."""
+    """2 ranks -> ``wame-dist reshard --world-size 1`` -> Accelerate ``load_state``, HF
+    ``train(resume_from_checkpoint=...)``, Lightning ``fit(ckpt_path=...)`` on 1 rank: the engine holds
+    exactly the saved weights and WAME's step at the saved step, and trains on to RESUME_STEPS."""
     out = tmp_path / "source.pt"
     assert wame_dist(["export", str(launched / HOST_CHECKPOINTS[host]), "--out", str(out)]) == 0
     saved = torch.load(out, weights_only=False)["model"]
     start, end = resumed[host]["start"], resumed[host]["end"]
-    assert start["host_step"] == start["global_steps"] == STEPS and start["wame_steps"] == [STEPS]
+    assert start["global_steps"] == STEPS and start["wame_steps"] == [STEPS]
     assert start["params"].keys() == saved.keys()
     for param, value in start["params"].items():
         torch.testing.assert_close(value, saved[param], rtol=0, atol=0)
-    assert end["host_step"] == RESUME_STEPS
     assert_trains_with_wame(end, RESUME_STEPS)
+
+
+@pytest.mark.parametrize("host", ["hf", "lightning"])
+def test_hf_and_lightning_go_on_from_the_saved_step(host, resumed):
+    """The host's own step counter resumes at the checkpoint's step (HF: from the trainer_state.json that
+    reshard carried; Lightning: from its client state) and WAME steps once per host step."""
+    start, end = resumed[host]["start"], resumed[host]["end"]
+    assert start["host_step"] == STEPS
+    assert end["host_step"] == end["global_steps"] == RESUME_STEPS and end["wame_steps"] == [RESUME_STEPS]
+
+
+def test_resumed_accelerate_run_continues_like_one_process(resumed):
+    """Accelerate on 1 rank after the reshard, on global batches STEPS..RESUME_STEPS-1, ends within 1e-5 of
+    single-process WAME run for RESUME_STEPS steps from the start."""
+    want = single_process(RESUME_STEPS)
+    for param, value in resumed["accelerate"]["end"]["params"].items():
+        torch.testing.assert_close(value, want[param], rtol=0, atol=PARAM_TOLERANCE)
