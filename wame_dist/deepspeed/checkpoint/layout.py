@@ -100,7 +100,8 @@ def resolve_tag(root: str | Path, tag: str | None = None) -> tuple[Path, str]:
 def host_entries(root: Path) -> list[Path]:
     """The files and folders of checkpoint directory ``root`` that DeepSpeed did not write (not a tag folder,
     nor one of :data:`DEEPSPEED_FILES`): what the host saved beside DeepSpeed's checkpoint (HF Trainer's
-    ``trainer_state.json``, ``training_args.bin``, ``scheduler.pt``, ``rng_state_{rank}.pth``...)."""
+    ``trainer_state.json``, ``training_args.bin``, ``rng_state_{rank}.pth``; Accelerate's
+    ``random_states_{rank}.pkl``...)."""
     return sorted(
         path
         for path in root.iterdir()
