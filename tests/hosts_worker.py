@@ -32,6 +32,7 @@ GLOBAL_BATCH = 16
 SAMPLES = 128
 LR = 1e-2
 STEPS = 6
+RESUME_STEPS = 9  #: where the resumed runs stop
 
 
 def make_net() -> torch.nn.Sequential:
@@ -127,6 +128,17 @@ def report(engine) -> dict:
     }
 
 
+def loaded(engine) -> dict:
+    """What a ZeRO engine holds right after loading a checkpoint, before its first step (DeepSpeed links the
+    optimizer state to the parameters only then): the gathered fp32 parameters, WAME's step counts, the
+    engine's steps."""
+    return {
+        "params": {n: safe_get_full_fp32_param(p).clone() for n, p in engine.module.named_parameters()},
+        "wame_steps": sorted({int(s["step"]) for s in require_wame(engine).state.values()}),
+        "global_steps": engine.global_steps - engine.skipped_steps,
+    }
+
+
 def save(out: Path, name: str, result) -> None:
     if dist.get_rank() == 0:
         torch.save(result, out / f"{name}.pt")
@@ -210,41 +222,54 @@ def accelerate_on_cpu() -> None:
     PartialState(backend="gloo")
 
 
+def hf_arguments(output_dir: Path, config: dict, steps: int, save: bool):
+    """HF Trainer's arguments for ``steps`` steps of global batch GLOBAL_BATCH under DeepSpeed ``config``;
+    ``save``: a checkpoint at the last step."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        accelerator_config={"use_configured_state": True},
+        output_dir=str(output_dir),
+        per_device_train_batch_size=GLOBAL_BATCH // dist.get_world_size(),
+        max_steps=steps,
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        save_strategy="steps" if save else "no",
+        save_steps=steps,
+        report_to="none",
+        disable_tqdm=True,
+        deepspeed=copy.deepcopy(config),
+    )
+
+
+def hf_config() -> dict:
+    """The DeepSpeed config naming WAME, lr from the Trainer (ZeRO-2)."""
+    config = ds_config(ZERO["zero2"])
+    config["optimizer"]["params"]["lr"] = "auto"
+    return config
+
+
 def scenario_hf(out: Path, steps: int = STEPS) -> None:
     """HF Trainer with ZeRO-2: WAME named in the DeepSpeed config (``"lr": "auto"``), WAME through
     ``optimizer_cls_and_kwargs`` (HF's two parameter groups), and ``optimizers=(WAME(...), None)``, which
     transformers drops under DeepSpeed (the RequireWAME callback must stop it)."""
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer
 
     from wame_dist import WAME
     from wame_dist.integrations.hf import RequireWAME
 
     wame_dist.deepspeed.register()
 
-    with_wame = ds_config(ZERO["zero2"])
-    with_wame["optimizer"]["params"]["lr"] = "auto"
     without = {key: value for key, value in ds_config(ZERO["zero2"]).items() if key != "optimizer"}
     routes = {
-        "hf_config": (with_wame, {}),
+        "hf_config": (hf_config(), {}),
         "hf_cls_and_kwargs": (without, {"optimizer_cls_and_kwargs": (WAME, {"lr": LR})}),
         "hf_optimizers": (without, {"optimizers": "WAME instance"}),
     }
     for name, (config, extra) in routes.items():
         accelerate_on_cpu()
-        args = TrainingArguments(
-            accelerator_config={"use_configured_state": True},
-            output_dir=str(out / name),
-            per_device_train_batch_size=GLOBAL_BATCH // dist.get_world_size(),
-            max_steps=steps,
-            learning_rate=LR,
-            lr_scheduler_type="constant",
-            max_grad_norm=0.0,
-            save_strategy="steps" if name == "hf_config" else "no",  # writes checkpoint-{steps}/
-            save_steps=steps,
-            report_to="none",
-            disable_tqdm=True,
-            deepspeed=copy.deepcopy(config),
-        )
+        args = hf_arguments(out / name, config, steps, save=name == "hf_config")  # writes checkpoint-{steps}/
         model = Regressor()
         if extra.get("optimizers"):
             extra = {"optimizers": (WAME(model.parameters(), lr=LR), None)}
@@ -298,6 +323,8 @@ def scenario_accelerate(out: Path, steps: int = STEPS) -> None:
             optimizer.step()
             optimizer.zero_grad()
         save(out, name, report(engine))
+        if name == "accelerate_config":
+            accelerator.save_state(str(out / f"{name}.state"))  # DeepSpeed's folder, tag pytorch_model
         log(name)
 
 
@@ -325,29 +352,49 @@ def cpu_deepspeed_strategy():
     return CPUDeepSpeedStrategy
 
 
-def scenario_lightning(out: Path, steps: int = STEPS) -> None:
-    """Lightning's DeepSpeedStrategy, ZeRO-2: WAME from ``configure_optimizers`` (with optimizer offload:
-    refused by DeepSpeed unless ``zero_force_ds_cpu_optimizer`` is false) and WAME named in the config (with
-    and without offload)."""
+def lightning_run(config: dict, client: bool, steps: int, callbacks: tuple = ()):
+    """A Lightning run's trainer (the CPU DeepSpeed strategy with ``config``, ``steps`` steps, RequireWAME and
+    ``callbacks``), module (WAME from ``configure_optimizers`` when ``client``, else from the config) and
+    loader (global batch GLOBAL_BATCH)."""
     import lightning.pytorch as pl
-    from deepspeed.runtime.zero.utils import ZeRORuntimeException
     from torch.utils.data import DataLoader, TensorDataset
 
     from wame_dist import WAME
     from wame_dist.integrations.lightning import RequireWAME
 
-    wame_dist.deepspeed.register()
-
     class Module(pl.LightningModule):
-        def __init__(self, client: bool) -> None:
+        def __init__(self) -> None:
             super().__init__()
-            self.net, self.client = make_net(), client
+            self.net = make_net()
 
         def training_step(self, batch, batch_idx):
             return torch.nn.functional.mse_loss(self.net(batch[0]), batch[1])
 
         def configure_optimizers(self):
-            return WAME(param_groups(self.net), lr=LR) if self.client else None
+            return WAME(param_groups(self.net), lr=LR) if client else None
+
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=dist.get_world_size(),
+        strategy=cpu_deepspeed_strategy()(config=copy.deepcopy(config)),
+        max_steps=steps,
+        callbacks=[RequireWAME(), *callbacks],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    loader = DataLoader(TensorDataset(*samples()), batch_size=GLOBAL_BATCH // dist.get_world_size())
+    return trainer, Module(), loader
+
+
+def scenario_lightning(out: Path, steps: int = STEPS) -> None:
+    """Lightning's DeepSpeedStrategy, ZeRO-2: WAME from ``configure_optimizers`` (with optimizer offload:
+    refused by DeepSpeed unless ``zero_force_ds_cpu_optimizer`` is false) and WAME named in the config (with
+    and without offload)."""
+    from deepspeed.runtime.zero.utils import ZeRORuntimeException
+
+    wame_dist.deepspeed.register()
 
     client = {key: value for key, value in ds_config(ZERO["zero2"]).items() if key != "optimizer"}
     client_offload = {**client, "zero_optimization": ZERO["zero2_offload"]}
@@ -358,22 +405,8 @@ def scenario_lightning(out: Path, steps: int = STEPS) -> None:
         "lightning_config": (ds_config(ZERO["zero2"]), False),
         "lightning_config_offload": (ds_config(ZERO["zero2_offload"]), False),
     }
-    strategy_class = cpu_deepspeed_strategy()
     for name, (config, from_module) in routes.items():
-        module = Module(from_module)
-        trainer = pl.Trainer(
-            accelerator="cpu",
-            devices=dist.get_world_size(),
-            strategy=strategy_class(config=copy.deepcopy(config)),
-            max_steps=steps,
-            callbacks=[RequireWAME()],
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
-        x, y = samples()
-        loader = DataLoader(TensorDataset(x, y), batch_size=GLOBAL_BATCH // dist.get_world_size())
+        trainer, module, loader = lightning_run(config, from_module, steps)
         try:
             trainer.fit(module, loader)
         except ZeRORuntimeException as error:
@@ -383,6 +416,68 @@ def scenario_lightning(out: Path, steps: int = STEPS) -> None:
         if name == "lightning_config":
             trainer.save_checkpoint(out / f"{name}.ckpt")  # a folder: DeepSpeed's checkpoint
         log(name)
+
+
+# -------------------------------------------------------------------------- resuming through the host
+def scenario_resume(out: Path, accelerate: str, hf: str, lightning: str, steps: int = RESUME_STEPS) -> None:
+    """Accelerate (``load_state(accelerate)``), HF Trainer (``resume_from_checkpoint=hf``) and Lightning
+    (``fit(ckpt_path=lightning)``) resume the ``accelerate_config`` / ``hf_config`` / ``lightning_config``
+    runs from their checkpoints (resharded for this world size) and train on to ``steps`` steps (Accelerate:
+    on global batches STEPS..steps-1, as the saving run would have). ``OUT_DIR/{host}_resumed.pt``: ``start``,
+    :func:`loaded` right after loading (HF, Lightning: with the host's global step, as the run's first
+    callback sees it), and ``end``, :func:`report` after the run (with the host's global step)."""
+    import lightning.pytorch as pl
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin, DummyOptim
+    from transformers import Trainer, TrainerCallback
+
+    from wame_dist.integrations.hf import RequireWAME
+
+    wame_dist.deepspeed.register()
+
+    accelerate_on_cpu()
+    micro = GLOBAL_BATCH // dist.get_world_size()
+    config = ds_config(ZERO["zero2"], train_micro_batch_size_per_gpu=micro)
+    accelerator = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=config))
+    net = make_net()
+    engine, optimizer = accelerator.prepare(net, DummyOptim(param_groups(net), lr=LR))
+    accelerator.load_state(accelerate)
+    start = loaded(engine)
+    for x, y in rank_batches(steps, micro)[STEPS:]:
+        accelerator.backward(torch.nn.functional.mse_loss(engine(x), y))
+        optimizer.step()
+        optimizer.zero_grad()
+    save(out, "accelerate_resumed", {"start": start, "end": report(engine)})
+    log("accelerate_resumed")
+
+    class HFStart(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            start.update(loaded(trainer.model_wrapped), host_step=state.global_step)
+
+    accelerate_on_cpu()
+    start = {}
+    trainer = Trainer(
+        model=Regressor(),
+        args=hf_arguments(out / "hf_resumed", hf_config(), steps, save=False),
+        train_dataset=hf_dataset(),
+        callbacks=[HFStart()],
+    )
+    trainer.add_callback(RequireWAME(trainer))
+    trainer.train(resume_from_checkpoint=hf)
+    end = {**report(trainer.model_wrapped), "host_step": trainer.state.global_step}
+    save(out, "hf_resumed", {"start": start, "end": end})
+    log("hf_resumed")
+
+    class LightningStart(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            start.update(loaded(trainer.strategy.model), host_step=trainer.global_step)
+
+    start = {}
+    trainer, module, loader = lightning_run(ds_config(ZERO["zero2"]), False, steps, (LightningStart(),))
+    trainer.fit(module, loader, ckpt_path=lightning)
+    end = {**report(trainer.strategy.model), "host_step": trainer.global_step}
+    save(out, "lightning_resumed", {"start": start, "end": end})
+    log("lightning_resumed")
 
 
 def log(message: str) -> None:
@@ -395,6 +490,7 @@ SCENARIOS = {
     "hf": scenario_hf,
     "accelerate": scenario_accelerate,
     "lightning": scenario_lightning,
+    "resume": scenario_resume,
 }
 
 

@@ -13,7 +13,7 @@ import json
 
 import pytest
 import torch
-from hosts_worker import GLOBAL_BATCH, LR, STATE_KEYS, STEPS, make_net, param_groups, samples
+from hosts_worker import GLOBAL_BATCH, LR, RESUME_STEPS, STATE_KEYS, STEPS, make_net, param_groups, samples
 from launching import TESTS, run, torchrun
 
 from wame_dist import WAME
@@ -30,6 +30,23 @@ PLAN = [
     ["lightning", {}],
 ]
 PARAM_TOLERANCE = 1e-5
+HOST_CHECKPOINTS = {
+    "accelerate": "accelerate_config.state",
+    "hf": f"hf_config/checkpoint-{STEPS}",
+    "lightning": "lightning_config.ckpt",
+}
+#: What the hosts (accelerate 1, transformers 5) write beside DeepSpeed's files, on 2 ranks.
+HOST_FILES = {
+    "accelerate": ["random_states_0.pkl", "random_states_1.pkl"],
+    "hf": [
+        "model.safetensors",
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+        "trainer_state.json",
+        "training_args.bin",
+    ],
+    "lightning": [],
+}
 
 
 @pytest.fixture(scope="module")
@@ -50,17 +67,36 @@ def results(launched):
 
 
 @pytest.fixture(scope="module")
-def reference():
-    """Single-process WAME, the same two groups and global batches: final parameters by name."""
+def resumed(launched, tmp_path_factory):
+    """The 2-rank run's Accelerate, HF and Lightning checkpoints resharded to 1 rank by ``wame-dist reshard``
+    and resumed through the hosts by one 1-rank launch: host -> ``{"start": ..., "end": ...}`` (see
+    ``hosts_worker.scenario_resume``)."""
+    out = tmp_path_factory.mktemp("resumed")
+    options = {}
+    for host, folder in HOST_CHECKPOINTS.items():
+        options[host] = target = str(out / f"{host}_ws1")
+        assert wame_dist(["reshard", str(launched / folder), "--world-size", "1", "--out", target]) == 0
+    run(torchrun(1, TESTS / "hosts_worker.py", str(out), json.dumps([["resume", options]])), timeout=600)
+    return {host: torch.load(out / f"{host}_resumed.pt", weights_only=False) for host in HOST_CHECKPOINTS}
+
+
+def single_process(steps: int) -> dict[str, torch.Tensor]:
+    """Single-process WAME, the same two groups and global batches, ``steps`` steps: parameters by name."""
     net = make_net()
     optimizer = WAME(param_groups(net), lr=LR)
     x, y = samples()
-    for k in range(STEPS):
+    for k in range(steps):
         batch = slice(k * GLOBAL_BATCH, (k + 1) * GLOBAL_BATCH)
         optimizer.zero_grad()
         torch.nn.functional.mse_loss(net(x[batch]), y[batch]).backward()
         optimizer.step()
     return {name: p.detach().clone() for name, p in net.named_parameters()}
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """:func:`single_process` after STEPS steps."""
+    return single_process(STEPS)
 
 
 def full_loss(params: dict[str, torch.Tensor] | None = None) -> float:
@@ -156,19 +192,58 @@ def test_lightning_offload_of_a_client_wame_is_refused_with_the_fix(results):
     assert '<"zero_force_ds_cpu_optimizer": false>' in message
 
 
-@pytest.mark.parametrize(
-    "name, folder", [("hf_config", "hf_config/checkpoint-6"), ("lightning_config", "lightning_config.ckpt")]
-)
-def test_host_checkpoint_folders_export_and_reshard(name, folder, launched, results, tmp_path):
+@pytest.mark.parametrize("host", HOST_CHECKPOINTS)
+def test_host_checkpoint_folders_export_and_reshard(host, launched, results, tmp_path):
     """HF's checkpoint-N/ (holding global_stepN/) and Lightning's *.ckpt/ folder are DeepSpeed checkpoint
-    folders: wame-dist export gives the gathered parameters and WAME's state; reshard to 1 rank too."""
-    assert STEPS == 6  # the folder names above
-    resharded = tmp_path / "resharded"
-    assert wame_dist(["reshard", str(launched / folder), "--world-size", "1", "--out", str(resharded)]) == 0
-    for source, out in ((launched / folder, tmp_path / "a.pt"), (resharded, tmp_path / "b.pt")):
-        assert wame_dist(["export", str(source), "--out", str(out)]) == 0
+    folders: wame-dist export gives the gathered parameters and WAME's state; reshard to 1 rank too, and
+    carries the host's own files (HF's trainer_state.json, rng_state_{rank}.pth...) unchanged, DeepSpeed's
+    recovery scripts not."""
+    source, resharded = launched / HOST_CHECKPOINTS[host], tmp_path / "resharded"
+    assert wame_dist(["reshard", str(source), "--world-size", "1", "--out", str(resharded)]) == 0
+    tag = (source / "latest").read_text()
+    own = {"latest", tag, "zero_to_fp32.py", "zero_to_torch.py"}
+    host_files = sorted(path.name for path in source.iterdir() if path.name not in own)
+    assert host_files == HOST_FILES[host]
+    assert sorted(path.name for path in resharded.iterdir()) == sorted([*host_files, "latest", tag])
+    for name in host_files:
+        assert (resharded / name).read_bytes() == (source / name).read_bytes(), name
+    for folder, out in ((source, tmp_path / "a.pt"), (resharded, tmp_path / "b.pt")):
+        assert wame_dist(["export", str(folder), "--out", str(out)]) == 0
         exported = torch.load(out, weights_only=False)
         assert exported["meta"]["global_steps"] == STEPS
-        for param, value in results[name]["params"].items():
+        for param, value in results[f"{host}_config"]["params"].items():
             torch.testing.assert_close(exported["model"][param], value, rtol=0, atol=0)
             assert set(STATE_KEYS) <= set(exported["optimizer_state"][param]), param
+
+
+@pytest.mark.parametrize("host", HOST_CHECKPOINTS)
+def test_hosts_resume_a_resharded_checkpoint_on_another_world_size(host, launched, resumed, tmp_path):
+    """2 ranks -> ``wame-dist reshard --world-size 1`` -> Accelerate ``load_state``, HF
+    ``train(resume_from_checkpoint=...)``, Lightning ``fit(ckpt_path=...)`` on 1 rank: the engine holds
+    exactly the saved weights and WAME's step at the saved step, and trains on to RESUME_STEPS."""
+    out = tmp_path / "source.pt"
+    assert wame_dist(["export", str(launched / HOST_CHECKPOINTS[host]), "--out", str(out)]) == 0
+    saved = torch.load(out, weights_only=False)["model"]
+    start, end = resumed[host]["start"], resumed[host]["end"]
+    assert start["global_steps"] == STEPS and start["wame_steps"] == [STEPS]
+    assert start["params"].keys() == saved.keys()
+    for param, value in start["params"].items():
+        torch.testing.assert_close(value, saved[param], rtol=0, atol=0)
+    assert_trains_with_wame(end, RESUME_STEPS)
+
+
+@pytest.mark.parametrize("host", ["hf", "lightning"])
+def test_hf_and_lightning_go_on_from_the_saved_step(host, resumed):
+    """The host's own step counter resumes at the checkpoint's step (HF: from the trainer_state.json that
+    reshard carried; Lightning: from its client state) and WAME steps once per host step."""
+    start, end = resumed[host]["start"], resumed[host]["end"]
+    assert start["host_step"] == STEPS
+    assert end["host_step"] == end["global_steps"] == RESUME_STEPS and end["wame_steps"] == [RESUME_STEPS]
+
+
+def test_resumed_accelerate_run_continues_like_one_process(resumed):
+    """Accelerate on 1 rank after the reshard, on global batches STEPS..RESUME_STEPS-1, ends within 1e-5 of
+    single-process WAME run for RESUME_STEPS steps from the start."""
+    want = single_process(RESUME_STEPS)
+    for param, value in resumed["accelerate"]["end"]["params"].items():
+        torch.testing.assert_close(value, want[param], rtol=0, atol=PARAM_TOLERANCE)

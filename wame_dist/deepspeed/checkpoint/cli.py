@@ -25,7 +25,8 @@ def reshard_parser() -> argparse.ArgumentParser:
         prog="wame-dist reshard",
         description="Rewrite a DeepSpeed ZeRO-1/2/3 checkpoint (rigid format; WAME, or any optimizer whose "
         "state is element-wise) for another data-parallel world size, optionally another ZeRO stage, so that "
-        "engine.load_checkpoint(OUT_DIR) loads it natively there. The source is only read.",
+        "engine.load_checkpoint(OUT_DIR) loads it natively there. Files a host keeps beside DeepSpeed's (HF "
+        "Trainer's trainer_state.json, RNG states...) are copied unchanged. The source is only read.",
     )
     parser.add_argument("checkpoint_dir", metavar="CHECKPOINT_DIR", help=_CHECKPOINT_HELP)
     parser.add_argument("--tag", help=_TAG_HELP)
@@ -84,9 +85,11 @@ def reshard_main(argv: Sequence[str] | None = None) -> int:
         )
     except CheckpointError as error:
         return _failure(parser, error)
+    host = ", ".join(path.name for path in done.host_files)
     print(
         f"resharded tag {done.tag!r}: ZeRO-{done.source_stage} on {done.source_world_size} ranks -> "
         f"ZeRO-{done.target.stage} on {done.target.world_size} ranks in {done.out}"
+        + (f", with the host's files {host}" if host else "")
     )
     return 0
 

@@ -29,6 +29,8 @@ from wame_dist.deepspeed.checkpoint import safe_load
 from wame_dist.errors import BadInput
 
 Z12_MODEL_FILE = "mp_rank_00_model_states.pt"
+#: What save_checkpoint writes beside the tag folders: the tag pointers and its recovery scripts.
+DEEPSPEED_FILES = ("latest", "latest_universal", "zero_to_fp32.py", "zero_to_torch.py")
 ZERO_FLAVOR = "zero"
 BF16_OPTIMIZER_FLAVOR = "bf16_optimizer"
 
@@ -93,6 +95,18 @@ def resolve_tag(root: str | Path, tag: str | None = None) -> tuple[Path, str]:
             f"{_tags(root) or 'none'}"
         )
     return root, tag
+
+
+def host_entries(root: Path) -> list[Path]:
+    """The files and folders of checkpoint directory ``root`` that DeepSpeed did not write (not a tag folder,
+    nor one of :data:`DEEPSPEED_FILES`): what the host saved beside DeepSpeed's checkpoint (HF Trainer's
+    ``trainer_state.json``, ``training_args.bin``, ``rng_state_{rank}.pth``; Accelerate's
+    ``random_states_{rank}.pkl``...)."""
+    return sorted(
+        path
+        for path in root.iterdir()
+        if path.name not in DEEPSPEED_FILES and not (path.is_dir() and _model_files(path))
+    )
 
 
 def read_checkpoint(root: str | Path, tag: str | None = None, *, trust: bool = False) -> Checkpoint:

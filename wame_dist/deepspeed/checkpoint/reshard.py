@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from wame_dist.deepspeed.checkpoint.consolidate import consolidate
-from wame_dist.deepspeed.checkpoint.layout import CheckpointError, read_checkpoint, resolve_tag
+from wame_dist.deepspeed.checkpoint.layout import CheckpointError, host_entries, read_checkpoint, resolve_tag
 from wame_dist.deepspeed.checkpoint.output import new_directory
 from wame_dist.deepspeed.checkpoint.partition import Target, target_for, write_checkpoint
 
@@ -21,6 +22,7 @@ class Resharded:
     source_world_size: int
     target: Target
     files: list[Path]  #: the files of the tag folder, at their final place
+    host_files: list[Path]  #: the host's files and folders copied from the source, at their final place
 
 
 def reshard(
@@ -36,8 +38,10 @@ def reshard(
     """Rewrites tag ``tag`` (default: the one in ``latest``) of the ZeRO checkpoint in ``checkpoint_dir`` for
     an engine of ``world_size`` data-parallel ranks (and ZeRO ``stage``, default the source's; ZeRO-3
     ``sub_group_size``, default the source config's) into the new directory ``out``, with ``latest`` naming
-    the same tag; ``engine.load_checkpoint(out)`` then loads it natively. The source is only read; ``out``
-    appears, complete, only at the end. ``trust``: read the source with full unpickling
+    the same tag; ``engine.load_checkpoint(out)`` then loads it natively. Every other file and folder of
+    ``checkpoint_dir`` that DeepSpeed did not write (:func:`host_entries`: HF Trainer's trainer state, RNG
+    states...) is copied unchanged, so that the host resumes from ``out`` too. The source is only read;
+    ``out`` appears, complete, only at the end. ``trust``: read the source with full unpickling
     (:mod:`.safe_load`)."""
     if not isinstance(world_size, int) or world_size < 1:
         raise CheckpointError(f"the world size must be a whole number of at least 1, not {world_size!r}")
@@ -57,6 +61,9 @@ def reshard(
     with new_directory(out) as temporary:
         (temporary / tag).mkdir()
         files = write_checkpoint(cons, target, temporary / tag)
+        host = host_entries(root)
+        for path in host:
+            (shutil.copytree if path.is_dir() else shutil.copy2)(path, temporary / path.name)
         (temporary / "latest").write_text(tag)  # last: a leftover of a killed run has no "latest"
     return Resharded(
         out=out,
@@ -65,4 +72,5 @@ def reshard(
         source_world_size=cons.source.world_size,
         target=target,
         files=[out / tag / path.name for path in files],
+        host_files=[out / path.name for path in host],
     )
