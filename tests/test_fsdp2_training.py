@@ -1,6 +1,8 @@
 """launch/train.py --engine fsdp2 for real: 2 gloo ranks, digits, Table 1a at 1/8 width with dropout (as
 tests/test_training_runs.py runs the DeepSpeed engine). It trains and records like the DeepSpeed engine,
-resumes exactly after a stop and after a crash mid-save, and refuses what it does not do before training."""
+resumes exactly after a stop and after a crash mid-save, and refuses what it does not do before training.
+The bridges: a ZeRO run's checkpoint, exported as DCP, is resumed under FSDP2; an FSDP2 checkpoint exports to
+the one-file format."""
 
 from __future__ import annotations
 
@@ -8,8 +10,13 @@ import shutil
 import subprocess
 
 import pytest
-from launching import ROOT, TESTS, job_env, run, torchrun
+import torch
+from launching import ROOT, TESTS, VENV_BIN, job_env, run, torchrun
 from test_training_runs import EPOCHS, TRAIN, assert_refused, metrics, result, single, train_args
+
+from wame_dist.data import load_splits
+from wame_dist.deepspeed.checkpoint import export
+from wame_dist.training.init_weights import initial_network, network_settings
 
 pytestmark = pytest.mark.multirank
 
@@ -75,3 +82,45 @@ def test_a_checkpoint_resumes_only_under_its_engine(uninterrupted, tmp_path):
         "was written by --engine fsdp2, this run uses --engine deepspeed; resume it with --engine fsdp2"
         in (proc.stderr)
     )
+
+
+def test_an_fsdp2_checkpoint_exports_to_one_file(uninterrupted, tmp_path):
+    """The exported weights, in the plain network in this process, score the validation accuracy the run
+    recorded for that epoch; WAME's state comes by parameter name."""
+    out = tmp_path / "fsdp2.pt"
+    run([str(VENV_BIN / "wame-dist"), "export", str(uninterrupted / "checkpoints"), "--out", str(out)])
+    exported = torch.load(out, weights_only=False)
+    assert exported["meta"]["tag"] == f"epoch{EPOCHS:04d}"
+    assert exported["meta"]["global_steps"] == result(uninterrupted)["settings"]["global_steps"]
+    network = initial_network(network_settings("digits", "table1a", 0.125), seed=0)
+    network.load_state_dict(exported["model"])  # strict: every name and shape
+    network.eval()
+    images, labels = load_splits("digits").validation
+    with torch.no_grad():
+        correct = (network(images).argmax(dim=1) == labels).sum().item()
+    assert correct / len(labels) == metrics(uninterrupted)[-1]["val_acc"]
+    assert exported["optimizer_state"].keys() == exported["model"].keys()
+    for state in exported["optimizer_state"].values():
+        assert state["prev_sign"].dtype == torch.int8
+        assert int(state["step"]) == exported["meta"]["global_steps"]
+
+
+def test_a_zero_checkpoint_exported_as_dcp_resumes_under_fsdp2(tmp_path):
+    """ZeRO-2 on 2 ranks for one epoch; `wame-dist export --dcp`; exported again as one file it equals the
+    ZeRO checkpoint's export exactly; an FSDP2 run resumes from it, keeps epoch 1's record and trains on."""
+    zero, converted, resumed = tmp_path / "zero", tmp_path / "dcp", tmp_path / "fsdp2"
+    run(torchrun(2, TRAIN, *train_args(zero, epochs=1)))
+    run([str(VENV_BIN / "wame-dist"), "export", str(zero / "checkpoints"), "--dcp", "--out", str(converted)])
+    export(zero / "checkpoints", tmp_path / "zero.pt")
+    run([str(VENV_BIN / "wame-dist"), "export", str(converted), "--out", str(tmp_path / "dcp.pt")])
+    from_zero, from_dcp = (torch.load(tmp_path / f, weights_only=False) for f in ("zero.pt", "dcp.pt"))
+    for name, weight in from_zero["model"].items():
+        assert torch.equal(from_dcp["model"][name], weight), name
+        for key, value in from_zero["optimizer_state"][name].items():
+            got = from_dcp["optimizer_state"][name][key]
+            assert got.dtype == value.dtype and torch.equal(got, value), (name, key)
+    run(torchrun(2, TRAIN, *train_args(resumed, *FSDP2, "--resume-from", str(converted))))
+    assert metrics(resumed)[0] == metrics(zero)[0]
+    assert len(metrics(resumed)) == EPOCHS
+    assert metrics(resumed)[-1]["val_acc"] > 0.5
+    assert result(resumed)["settings"]["global_steps"] == EPOCHS * 16
