@@ -47,13 +47,8 @@ class FSDP2Engine:
         self.global_steps = 0
 
     def build(self, model: torch.nn.Module) -> None:
-        """Shards each layer that has parameters, then the whole network; the optimizer is built after (on the
-        sharded parameters)."""
-        model = model.to(self.device)
-        for layer in model.children():
-            if any(True for _ in layer.parameters()):
-                fully_shard(layer, mp_policy=self.policy)
-        self.model = fully_shard(model, mp_policy=self.policy)
+        """Shards the network, then builds the optimizer on the sharded parameters."""
+        self.model = shard(model.to(self.device), self.policy)
         if self.compile:
             self.model.compile()
         self.optimizer = torch_optimizer(self.optimizer_block, self.model.parameters())
@@ -93,6 +88,14 @@ class FSDP2Engine:
         client_state = torch.load(path / CLIENT_STATE, map_location="cpu", weights_only=False)
         self.global_steps = client_state["global_steps"]
         return client_state
+
+
+def shard(model: torch.nn.Module, policy: MixedPrecisionPolicy) -> torch.nn.Module:
+    """``fully_shard`` on each layer that has parameters, then on the whole network (which it returns)."""
+    for layer in model.children():
+        if any(True for _ in layer.parameters()):
+            fully_shard(layer, mp_policy=policy)
+    return fully_shard(model, mp_policy=policy)
 
 
 def check_config(config: dict[str, Any], source: str) -> None:
