@@ -119,6 +119,11 @@ def test_a_zero_checkpoint_exported_as_dcp_resumes_under_fsdp2(tmp_path):
         for key, value in from_zero["optimizer_state"][name].items():
             got = from_dcp["optimizer_state"][name][key]
             assert got.dtype == value.dtype and torch.equal(got, value), (name, key)
+    shutil.copytree(zero / "checkpoints", tmp_path / "unconverted" / "checkpoints")
+    refused = single(tmp_path / "unconverted", *FSDP2)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "was written by --engine deepspeed, this run uses --engine fsdp2" in refused.stderr
+    assert "or convert it: wame-dist export" in refused.stderr
     run(torchrun(2, TRAIN, *train_args(resumed, *FSDP2, "--resume-from", str(converted))))
     assert metrics(resumed)[0] == metrics(zero)[0]
     assert len(metrics(resumed)) == EPOCHS

@@ -104,9 +104,15 @@ def check_compatible(path: Path, run: RunConfig, world_size: int) -> None:
     """Fails, saying what to do, if the checkpoint at ``path`` is another run's, engine's or world size's."""
     engine, saved = saved_state(path)
     if engine != run.engine:
+        convert = (
+            f", or convert it: wame-dist export {path.parent} --tag {path.name} --dcp --out NEW_DIR, then "
+            "--resume-from NEW_DIR"
+            if engine == "deepspeed"
+            else ""
+        )
         raise BadInput(
             f"the checkpoint in {path} was written by --engine {engine}, this run uses --engine "
-            f"{run.engine}; resume it with --engine {engine}, or use another --out-dir"
+            f"{run.engine}; resume it with --engine {engine}, or use another --out-dir{convert}"
         )
     theirs: dict[str, Any] = saved.get("run", {})
     ours = asdict(run)
