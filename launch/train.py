@@ -1,9 +1,10 @@
-"""Train a Table 1 network with WAME (or a baseline) under DeepSpeed: the project's entry point.
+"""Train a Table 1 network with WAME (or a baseline) under DeepSpeed or FSDP2: the project's entry point.
 
     deepspeed --num_gpus 2 launch/train.py --deepspeed_config configs/zero2.json --dataset digits
     torchrun --nproc_per_node 2 launch/train.py --deepspeed_config configs/zero2.json
     mpirun -n 2 python launch/train.py --deepspeed_config configs/zero2.json
     srun python launch/train.py --deepspeed_config configs/zero2.json        (inside an allocation)
+    torchrun --nproc_per_node 2 launch/train.py --engine fsdp2 --deepspeed_config configs/zero2.json
 
 The script is the same under every launcher (wame_dist.launch_env finds rank and rendezvous). Options:
 ``python launch/train.py --help``. Rank 0 prints progress and writes metrics.jsonl, result.json and

@@ -10,7 +10,8 @@
 #   LR            learning rate                                       [the optimizer's documented default]
 #   EPOCHS        [100]    BATCH_SIZE  global batch [128]    WIDTH  channel multiplier [1.0]
 #   MODEL         network                                             [the paper's for the data set]
-#   ZERO_CONFIG   DeepSpeed config                                    [configs/zero2.json]
+#   ENGINE        deepspeed, or fsdp2 (PyTorch's fully_shard, DCP checkpoints)  [deepspeed]
+#   ZERO_CONFIG   DeepSpeed config (under fsdp2: batch, optimizer, precision)  [configs/zero2.json]
 #   DATA_DIR      folder with the MNIST / CIFAR files                 [data]
 #   INIT_WEIGHTS  initial weights to start from (wame-dist init-weights)  [none: drawn from SEED]
 #   OUT_DIR       the run's folder: metrics.jsonl, result.json, checkpoints/, job.log (a link to the job's
@@ -44,7 +45,11 @@ wame_single_run() {
   [ -n "${SLURM_JOB_ID:-}" ] || wame_die "this is a batch script: submit it with sbatch"
   wame_setup
   local dataset=${DATASET:?} optimizer=${OPTIMIZER:-wame} seed=${SEED:-0} data_dir=${DATA_DIR:-$WAME_ROOT/data}
-  local config=${ZERO_CONFIG:-$WAME_ROOT/configs/zero2.json}
+  local config=${ZERO_CONFIG:-$WAME_ROOT/configs/zero2.json} engine=${ENGINE:-deepspeed}
+  case $engine in
+    deepspeed | fsdp2) ;;
+    *) wame_die "unknown engine '$engine' (ENGINE): use deepspeed or fsdp2" ;;
+  esac
   case $optimizer in
     wame | adam | rmsprop | sgd) ;;
     *) wame_die "unknown optimizer '$optimizer' (OPTIMIZER): use wame, adam, rmsprop or sgd" ;;
@@ -61,7 +66,7 @@ wame_single_run() {
       "wame-dist init-weights --dataset $dataset --width ${WIDTH:-1.0} --seed $seed --out $INIT_WEIGHTS"
   fi
   OUT_DIR=${OUT_DIR:-$WAME_ROOT/runs/$SLURM_JOB_NAME-$SLURM_JOB_ID}  # the job ID survives requeues
-  local args=(--deepspeed_config "$config" --dataset "$dataset" --data-dir "$data_dir"
+  local args=(--engine "$engine" --deepspeed_config "$config" --dataset "$dataset" --data-dir "$data_dir"
     --optimizer "$optimizer" --seed "$seed" --epochs "${EPOCHS:-100}" --batch-size "${BATCH_SIZE:-128}"
     --width "${WIDTH:-1.0}" --out-dir "$OUT_DIR")
   [ -z "${LR:-}" ] || args+=(--lr "$LR")

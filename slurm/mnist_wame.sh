@@ -7,7 +7,7 @@
 #   SEED=3 OPTIMIZER=adam EPOCHS=30 sbatch slurm/mnist_wame.sh [launch/train.py options]
 #
 # Submit from the repository root. The run is set by environment variables (slurm/common.sh lists them:
-# DATASET, OPTIMIZER, SEED, LR, EPOCHS, WIDTH, ZERO_CONFIG, DATA_DIR, INIT_WEIGHTS, OUT_DIR ...), site
+# DATASET, OPTIMIZER, SEED, LR, EPOCHS, WIDTH, ENGINE, ZERO_CONFIG, DATA_DIR, INIT_WEIGHTS, OUT_DIR ...), site
 # settings live in slurm/site.sh. Outputs go to OUT_DIR (default runs/JOBNAME-JOBID), this log to
 # JOBNAME-JOBID.out. Shortly before the time limit (or on preemption, SIGUSR1) the job requeues itself and
 # resumes from its last epoch checkpoint.

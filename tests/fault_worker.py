@@ -5,7 +5,8 @@
 FAULT is one of
     die:RANK:STEP        rank RANK exits with status 3 just before optimizer step STEP (a crashed rank),
                          having written the time of death (time.time()) to OUT_DIR/died_at;
-    crash-in-save:EPOCH  every rank dies half-way through writing the checkpoint of EPOCH (a power cut);
+    crash-in-save:EPOCH  every rank dies half-way through writing the checkpoint of EPOCH (a power cut), under
+                         either engine (DeepSpeed's torch.save, FSDP2's DCP save);
     skew-init:RANK       rank RANK's initial weights are perturbed (a rank that built another model).
 """
 
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed.checkpoint as dcp
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 from deepspeed.runtime.engine import DeepSpeedEngine
 
@@ -55,6 +57,16 @@ def inject(fault: str, out_dir: Path) -> None:
             return original_save(self, state_dict, path)
 
         TorchCheckpointEngine.save = save
+        original_dcp_save = dcp.save
+
+        def dcp_save(state_dict, *, checkpoint_id, **kwargs):
+            if f"epoch{epoch:04d}" in str(checkpoint_id):
+                Path(checkpoint_id).mkdir(parents=True, exist_ok=True)
+                (Path(checkpoint_id) / f"__{rank()}_0.distcp").write_bytes(b"half a checkpoint")
+                os._exit(4)
+            return original_dcp_save(state_dict, checkpoint_id=checkpoint_id, **kwargs)
+
+        dcp.save = dcp_save
     elif kind == "skew-init":
         (victim,) = map(int, where)
         original_network = init_weights.initial_network

@@ -7,7 +7,8 @@ Every implementation (the default, single-tensor, multi-tensor, fused) trains te
 network on the same global batches as its single-process reference, each rank on its contiguous part of
 each batch (FSDP2 averages the ranks' gradients); a last run uses ``MixedPrecisionPolicy(param_dtype=bf16,
 reduce_dtype=fp32)``. Rank 0 writes each run's full parameters, full state and state dtypes to
-``OUT_DIR/<name>.pt``.
+``OUT_DIR/<name>.pt``; and what the first step of a WAME built before ``fully_shard`` raises to
+``OUT_DIR/built_before_sharding.txt``.
 
 With ``--dcp`` (torch.distributed.checkpoint): without ``--resume``, train 10 steps, save a DCP checkpoint
 (``OUT_DIR/ckpt``), train 10 more (``uninterrupted``); then a fresh model and WAME take the checkpoint
@@ -88,6 +89,23 @@ def train(out: Path, name: str, flags: dict, mp_policy: MixedPrecisionPolicy | N
     record(out, name, model, optimizer, run_steps(model, optimizer, global_batches(STEPS)))
 
 
+def built_before_sharding(out: Path) -> None:
+    """WAME built on the plain network, then ``fully_shard``: rank 0 writes what its first step raises."""
+    model = make_model()
+    optimizer = WAME(model.parameters(), lr=LR)
+    for layer in model:
+        if any(True for _ in layer.parameters()):
+            fully_shard(layer)
+    fully_shard(model)
+    try:
+        run_steps(model, optimizer, global_batches(1))
+        raised = None
+    except RuntimeError as error:
+        raised = str(error)
+    if dist.get_rank() == 0:
+        (out / "built_before_sharding.txt").write_text(repr(raised))
+
+
 def save(model, optimizer, checkpoint: Path) -> None:
     model_state, optimizer_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=checkpoint)
@@ -137,6 +155,7 @@ def main() -> None:
             train(args.out, name, flags)
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         train(args.out, "bf16", {}, policy)
+        built_before_sharding(args.out)
     dist.barrier()
     dist.destroy_process_group()
 

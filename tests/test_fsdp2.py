@@ -67,6 +67,14 @@ def test_fsdp2_bf16_mixed_precision_trains_with_fp32_state(ranks_out):
     assert sum(losses[-5:]) < sum(losses[:5]), losses
 
 
+def test_wame_built_before_fully_shard_fails_at_its_first_step(ranks_out):
+    """fully_shard replaces the parameters the optimizer holds; the first step says so instead of silently
+    training nothing."""
+    raised = (ranks_out / "built_before_sharding.txt").read_text()
+    assert "WAME was built before fully_shard" in raised
+    assert "Build the optimizer after sharding" in raised
+
+
 def assert_same_run(result, expected, tolerance=0.0):
     for name, value in expected["params"].items():
         assert (result["params"][name] - value).abs().max() <= tolerance, name

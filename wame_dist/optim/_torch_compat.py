@@ -55,3 +55,9 @@ def local_tensors(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     from torch.distributed.tensor import DTensor
 
     return [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
+
+
+def replaced_by_fully_shard(param: torch.Tensor) -> bool:
+    """Whether FSDP2's ``fully_shard`` took ``param`` and put a sharded copy (a new DTensor parameter) in its
+    place on the module: FSDP2 marks each parameter it replaces with ``_fsdp_orig_uid``."""
+    return hasattr(param, "_fsdp_orig_uid")

@@ -258,6 +258,8 @@ class WAME(Optimizer):
         grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
         for group in self.param_groups:
             fresh = all(p not in self.state for p in group["params"])
+            if fresh:
+                _check_not_replaced_by_fully_shard(group["params"])
             tensors = self._init_group(group)
             if not tensors[0] or (fresh and _is_initialisation_step(group["lr"], tensors[1])):
                 continue
@@ -282,6 +284,17 @@ class WAME(Optimizer):
                 found_inf=found_inf,
             )
         return loss
+
+
+def _check_not_replaced_by_fully_shard(params: list[Tensor]) -> None:
+    """Raises if FSDP2's ``fully_shard`` replaced these parameters after the optimizer took them: the module
+    then trains new (DTensor) parameters, and this optimizer would silently step nothing."""
+    if any(_torch_compat.replaced_by_fully_shard(p) for p in params):
+        raise RuntimeError(
+            "WAME was built before fully_shard, which has since replaced the module's parameters with new "
+            "sharded ones: this optimizer holds the old ones, which no longer train. Build the optimizer "
+            "after sharding: fully_shard(...) first, then WAME(model.parameters(), ...)"
+        )
 
 
 def _is_initialisation_step(lr: float | Tensor, grads: list[Tensor]) -> bool:

@@ -1,13 +1,15 @@
 """Epoch checkpoints that a crash cannot spoil, and resuming from the newest complete one.
 
-``engine.save_checkpoint`` writes one folder per tag (``epoch0003``) from every rank. Only after all
-ranks are done does rank 0 mark the folder complete and point ``latest`` at it (written atomically; the
-same file DeepSpeed's own ``load_checkpoint(dir)`` reads). A crash during a save therefore leaves
-``latest`` on the previous complete checkpoint. Older complete checkpoints beyond ``keep_checkpoints``
-are deleted after the new one is complete.
+The engine writes one folder per tag (``epoch0003``) from every rank: DeepSpeed's checkpoint (the client
+state inside its ``*model_states.pt``), or FSDP2's DCP checkpoint with the client state beside it in
+``client_state.pt``. Only after all ranks are done does rank 0 mark the folder complete and point
+``latest`` at it (written atomically; the same file DeepSpeed's own ``load_checkpoint(dir)`` reads). A
+crash during a save therefore leaves ``latest`` on the previous complete checkpoint. Older complete
+checkpoints beyond ``keep_checkpoints`` are deleted after the new one is complete.
 
 Resuming is exact: data order and dropout are seeded by (seed, epoch, rank), and the engine restores
-weights, WAME's state, loss scaler and learning-rate schedule.
+weights, WAME's state, loss scaler and learning-rate schedule. A checkpoint is resumed only by the engine
+that wrote it, DeepSpeed's only on the world size that wrote it (DCP reshards by itself).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from wame_dist.errors import BadInput
 from wame_dist.training.config import RunConfig
 
 COMPLETE = "COMPLETE"
+CLIENT_STATE = "client_state.pt"  # FSDP2's (rank 0): epoch, recorder, run settings, steps, world size
 
 #: Settings a checkpoint must share with the run that resumes it.
 _MUST_MATCH = ("data", "model", "optimizer", "seed", "precision", "batch_size", "init_weights")
@@ -38,7 +41,7 @@ def save(engine, run: RunConfig, epoch: int, recorder) -> None:
     folder = directory(run)
     tag = f"epoch{epoch:04d}"
     client_state = {"epoch": epoch, "recorder": recorder.state_dict(), "run": asdict(run)}
-    engine.save_checkpoint(str(folder), tag=tag, client_state=client_state, save_latest=False)
+    engine.save(folder / tag, client_state)
     dist.barrier()
     if dist.get_rank() == 0:
         atomic.write_text(folder / tag / COMPLETE, "")
@@ -79,25 +82,45 @@ def resume(engine, run: RunConfig, recorder) -> int:
     if tag is None:
         return 1
     check_compatible(folder / tag, run, dist.get_world_size())
-    _, client_state = engine.load_checkpoint(str(folder), tag=tag)
+    client_state = engine.load(folder / tag)
     recorder.load_state_dict(client_state["recorder"])
     return client_state["epoch"] + 1
 
 
-def check_compatible(path: Path, run: RunConfig, world_size: int) -> None:
-    """Fails, saying what to do, if the checkpoint at ``path`` belongs to another run or world size, or
-    (unless ``run.trust_checkpoint``) if any of its files names a type DeepSpeed's checkpoints never hold:
-    the engine's ``load_checkpoint`` unpickles them fully. (See
-    :mod:`wame_dist.deepspeed.checkpoint.safe_load`.)"""
-    states = sorted(path.glob("*model_states.pt"))
-    if not states:
-        raise BadInput(
-            f"{path} is not a DeepSpeed checkpoint (no *model_states.pt); delete it or use another --out-dir"
-        )
-    if not run.trust_checkpoint:
+def saved_state(path: Path, *, trust: bool = False) -> tuple[str, dict[str, Any]]:
+    """The engine that wrote the checkpoint at ``path`` and the state saved beside the weights. Unless
+    ``trust``, every ``.pt`` file there must name only the types DeepSpeed's checkpoints hold (the engine's
+    ``load_checkpoint`` unpickles them fully; see :mod:`wame_dist.deepspeed.checkpoint.safe_load`)."""
+    if not trust:
         for file in sorted(path.glob("*.pt")):
             safe_load.require_trusted(file)
-    saved = safe_load.load(states[0], trust=run.trust_checkpoint)
+    if (path / CLIENT_STATE).exists():
+        return "fsdp2", safe_load.load(path / CLIENT_STATE, trust=trust)
+    states = sorted(path.glob("*model_states.pt"))
+    if states:
+        return "deepspeed", safe_load.load(states[0], trust=trust)
+    raise BadInput(
+        f"{path} is not a checkpoint of launch/train.py (no *model_states.pt, no {CLIENT_STATE}); delete it "
+        "or use another --out-dir"
+    )
+
+
+def check_compatible(path: Path, run: RunConfig, world_size: int) -> None:
+    """Fails, saying what to do, if the checkpoint at ``path`` is another run's, engine's or world size's,
+    or (unless ``run.trust_checkpoint``) holds a type DeepSpeed's checkpoints never hold (:func:`saved_state`).
+    """
+    engine, saved = saved_state(path, trust=run.trust_checkpoint)
+    if engine != run.engine:
+        convert = (
+            f", or convert it: wame-dist export {path.parent} --tag {path.name} --dcp --out NEW_DIR, then "
+            "--resume-from NEW_DIR"
+            if engine == "deepspeed"
+            else ""
+        )
+        raise BadInput(
+            f"the checkpoint in {path} was written by --engine {engine}, this run uses --engine "
+            f"{run.engine}; resume it with --engine {engine}, or use another --out-dir{convert}"
+        )
     theirs: dict[str, Any] = saved.get("run", {})
     ours = asdict(run)
     differing = [k for k in _MUST_MATCH if theirs.get(k) != ours[k]]
@@ -107,7 +130,7 @@ def check_compatible(path: Path, run: RunConfig, world_size: int) -> None:
             f"the checkpoint in {path} was written by another run ({detail}); use another --out-dir, or "
             "delete the checkpoints to start over"
         )
-    if saved.get("dp_world_size", world_size) != world_size:
+    if engine == "deepspeed" and saved.get("dp_world_size", world_size) != world_size:
         raise BadInput(
             f"the checkpoint in {path} was written by {saved['dp_world_size']} ranks, this job has "
             f"{world_size}; "

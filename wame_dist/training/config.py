@@ -10,6 +10,7 @@ from wame_dist.deepspeed.checkpoint.safe_load import TRUST_FLAG
 from wame_dist.models import MODELS
 
 OPTIMIZERS = ("wame", "adam", "rmsprop", "sgd")
+ENGINES = ("deepspeed", "fsdp2")
 PRECISIONS = ("fp32", "bf16", "fp16", "bf16-autocast")
 
 #: The network of each data set in the paper (Table 1a for MNIST, Table 1b for CIFAR).
@@ -38,6 +39,7 @@ class OptimizerConfig:
 @dataclass(frozen=True)
 class RunConfig:
     deepspeed_config: str
+    engine: str = "deepspeed"  # fsdp2: PyTorch's fully_shard and DCP checkpoints (wame_dist.training.engines)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -62,10 +64,11 @@ class RunConfig:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description="Train a Table 1 network with WAME (or a baseline) under DeepSpeed.",
+        description="Train a Table 1 network with WAME (or a baseline) under DeepSpeed or FSDP2.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--deepspeed_config", "--deepspeed-config", required=True, help="DeepSpeed JSON config")
+    p.add_argument("--engine", choices=ENGINES, default="deepspeed", help="DeepSpeed, or PyTorch's FSDP2")
     p.add_argument("--dataset", choices=DATASETS, default="digits")
     p.add_argument("--data-dir", default=None, help="folder with the MNIST / CIFAR files (default ./data)")
     p.add_argument("--download", action="store_true", help="let torchvision download missing data")
@@ -99,6 +102,7 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
     args = parser().parse_args(argv)
     return RunConfig(
         deepspeed_config=args.deepspeed_config,
+        engine=args.engine,
         data=DataConfig(args.dataset, args.data_dir, args.download),
         model=ModelConfig(args.model, args.width),
         optimizer=OptimizerConfig(args.optimizer, args.lr),

@@ -1,29 +1,26 @@
-"""One training run under DeepSpeed: data, network, engine, epochs, evaluation, checkpoints, result.
+"""One training run under DeepSpeed or FSDP2: data, network, engine, epochs, evaluation, checkpoints, result.
 
 Read top to bottom, :func:`train` is the whole run. Everything that differs between launchers was settled
-before (:mod:`wame_dist.launch_env`); everything rank 0 alone does is marked.
+before (:mod:`wame_dist.launch_env`), everything that differs between engines is behind
+:mod:`wame_dist.training.engines`; everything rank 0 alone does is marked.
 """
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import time
 from dataclasses import asdict
 from typing import Any
 
-import deepspeed
 import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
-import wame_dist.deepspeed
 from wame_dist.data import DeviceBatches, load_splits
 from wame_dist.launch_env import discover
 from wame_dist.models import count_parameters
-from wame_dist.training import checkpoints, init_weights
+from wame_dist.training import checkpoints, engines, init_weights
 from wame_dist.training.config import RunConfig
-from wame_dist.training.ds_setup import micro_batch_size, run_deepspeed_config
 from wame_dist.training.progress import Progress
 from wame_dist.training.results import RunRecorder
 
@@ -37,10 +34,9 @@ def derived_seed(seed: int, *parts: object) -> int:
 def train(run: RunConfig) -> dict[str, Any]:
     """Trains as ``run`` says and returns the result (rank 0 also writes it to ``run.out_dir``)."""
     launch = discover()
-    deepspeed.init_distributed(timeout=datetime.timedelta(seconds=run.timeout_s))
+    engine = engines.start(run, launch)  # bad configs and batch sizes fail here, before any work
     rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device(deepspeed.get_accelerator().device_name(launch.local_rank))
-    config = run_deepspeed_config(run, world)  # bad configs and batch sizes fail here, before any work
+    device = engine.device
     progress = Progress(enabled=rank == 0)
 
     splits = load_splits(run.data.dataset, run.data.data_dir, download=run.data.download).to(device)
@@ -55,24 +51,16 @@ def train(run: RunConfig) -> dict[str, Any]:
         model = model.to(memory_format=torch.channels_last)  # NHWC: faster cuDNN convolutions
     progress.log(
         f"{run.data.dataset}: {run.model_name} x{run.model.width} ({count_parameters(model):,} parameters), "
-        f"{config['optimizer']['type']}, {world} rank(s), init {init_hash[:12]}"
+        f"{engine.optimizer_block['type']}, {world} rank(s) under {run.engine}, init {init_hash[:12]}"
     )
-
-    engine, *_ = wame_dist.deepspeed.initialize(
-        model=model, model_parameters=model.parameters(), config=config
-    )
-    if run.compile:
-        engine.compile()  # torch.compile under DeepSpeed's hooks
-    dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float16 if engine.fp16_enabled() else None
+    engine.build(model)
 
     images, labels = splits.train
     sampler = DistributedSampler(
         labels, num_replicas=world, rank=rank, shuffle=True, seed=run.seed, drop_last=True
     )
-    batches = DeviceBatches(
-        images, labels, micro_batch_size(config, world), sampler, drop_last=True, channels_last=on_gpu
-    )
-    recorder = RunRecorder(run, settings, init_hash, config["optimizer"], enabled=rank == 0)
+    batches = DeviceBatches(images, labels, engine.micro_batch, sampler, drop_last=True, channels_last=on_gpu)
+    recorder = RunRecorder(run, settings, init_hash, engine.optimizer_block, enabled=rank == 0)
     start_epoch = checkpoints.resume(engine, run, recorder)
 
     for epoch in range(start_epoch, run.epochs + 1):
@@ -85,21 +73,19 @@ def train(run: RunConfig) -> dict[str, Any]:
         loss_sum = torch.zeros((), device=device)
         seen = 0
         for x, y in progress.steps(batches, f"epoch {epoch}/{run.epochs}"):
-            logits = engine(x.to(dtype) if dtype is not None else x)  # bf16/fp16: DeepSpeed's mixed precision
-            loss = torch.nn.functional.cross_entropy(logits.float(), y)
-            engine.backward(loss)
-            engine.step()
+            loss = torch.nn.functional.cross_entropy(engine(x).float(), y)
+            engine.step(loss)  # backward and optimizer step
             loss_sum += loss.detach() * len(y)
             seen += len(y)
             if run.max_steps is not None and engine.global_steps >= run.max_steps:
                 break
         dist.all_reduce(loss_sum)
         train_loss = loss_sum.item() / (seen * world)
-        val_acc = evaluate(engine, *splits.validation, batches.batch_size, dtype)
+        val_acc = evaluate(engine, *splits.validation, batches.batch_size)
         test_acc = (
             val_acc
             if splits.test is splits.validation
-            else evaluate(engine, *splits.test, batches.batch_size, dtype)
+            else evaluate(engine, *splits.test, batches.batch_size)
         )
         recorder.epoch(epoch, train_loss, val_acc, test_acc, time.perf_counter() - started)
         progress.log(recorder.describe_last())
@@ -114,11 +100,11 @@ def train(run: RunConfig) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def evaluate(engine, images: torch.Tensor, labels: torch.Tensor, batch_size: int, dtype) -> float:
+def evaluate(engine, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
     """Accuracy over the whole split: each rank scores every world-th sample, counts are summed.
 
-    All ranks run the same number of forward passes (ZeRO-3 gathers parameters collectively), padding the
-    shorter shards with sample 0 at weight 0.
+    All ranks run the same number of forward passes (ZeRO-3 and FSDP2 gather parameters collectively),
+    padding the shorter shards with sample 0 at weight 0.
     """
     engine.eval()
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -130,8 +116,7 @@ def evaluate(engine, images: torch.Tensor, labels: torch.Tensor, batch_size: int
     correct = torch.zeros((), device=labels.device)
     for start in range(0, per_rank, batch_size):
         idx, w = mine[start : start + batch_size], weight[start : start + batch_size]
-        x = images[idx]
-        predicted = engine(x.to(dtype) if dtype is not None else x).argmax(dim=1)
+        predicted = engine(images[idx]).argmax(dim=1)
         correct += ((predicted == labels[idx]).float() * w).sum()
     dist.all_reduce(correct)
     return correct.item() / len(labels)

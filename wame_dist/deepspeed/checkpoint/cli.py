@@ -10,6 +10,7 @@ from wame_dist.deepspeed.checkpoint.export import export
 from wame_dist.deepspeed.checkpoint.layout import CheckpointError
 from wame_dist.deepspeed.checkpoint.reshard import reshard
 from wame_dist.deepspeed.checkpoint.safe_load import TRUST_FLAG
+from wame_dist.training import dcp_bridge
 
 _CHECKPOINT_HELP = "the directory given to engine.save_checkpoint (holding 'latest' and the tag folders)"
 _TAG_HELP = "the checkpoint tag to read (default: the one named in CHECKPOINT_DIR/latest)"
@@ -51,13 +52,16 @@ def export_parser() -> argparse.ArgumentParser:
     """The argument parser of ``wame-dist export``."""
     parser = argparse.ArgumentParser(
         prog="wame-dist export",
-        description="Write a DeepSpeed ZeRO-1/2/3 checkpoint as one torch.save file: {'model': fp32 state "
-        "dict, 'optimizer_state': {parameter name: {state key: tensor shaped like the parameter, 'step': "
-        "...}}, 'meta': {...}}. The source is only read.",
+        description="Write a DeepSpeed ZeRO-1/2/3 checkpoint, or an FSDP2 run's DCP checkpoint "
+        "(launch/train.py --engine fsdp2), as one torch.save file: {'model': fp32 state dict, "
+        "'optimizer_state': {parameter name: {state key: tensor shaped like the parameter, 'step': ...}}, "
+        "'meta': {...}}; with --dcp, a ZeRO checkpoint as a DCP checkpoints folder that launch/train.py "
+        "--engine fsdp2 --resume-from OUT resumes. The source is only read.",
     )
     parser.add_argument("checkpoint_dir", metavar="CHECKPOINT_DIR", help=_CHECKPOINT_HELP)
     parser.add_argument("--tag", help=_TAG_HELP)
-    parser.add_argument("--out", required=True, metavar="FILE", help="file to create (must not exist)")
+    parser.add_argument("--out", required=True, metavar="FILE", help="file (with --dcp: folder) to create")
+    parser.add_argument("--dcp", action="store_true", help="write a ZeRO checkpoint as a DCP checkpoint")
     parser.add_argument(TRUST_FLAG, action="store_true", help=_TRUST_HELP)
     return parser
 
@@ -101,13 +105,18 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     args = _parse(parser, argv)
     if isinstance(args, int):
         return args
+    from_dcp = dcp_bridge.dcp_tag(args.checkpoint_dir, args.tag) is not None
     try:
-        meta = export(args.checkpoint_dir, args.out, tag=args.tag, trust=args.trust_checkpoint)
+        if args.dcp and from_dcp:
+            raise CheckpointError(f"{args.checkpoint_dir} is already a DCP checkpoint; drop --dcp")
+        write = dcp_bridge.zero_to_dcp if args.dcp else dcp_bridge.dcp_to_file if from_dcp else export
+        meta = write(args.checkpoint_dir, args.out, tag=args.tag, trust=args.trust_checkpoint)
     except CheckpointError as error:
         return _failure(parser, error)
+    source = "FSDP2 (DCP)" if from_dcp else f"ZeRO-{meta['zero_stage']}"
     print(
-        f"exported tag {meta['tag']!r} (ZeRO-{meta['zero_stage']} on {meta['world_size']} ranks, "
-        f"{len(meta['param_groups'])} parameter group(s), step {meta['global_steps']}) to {args.out}"
+        f"exported tag {meta['tag']!r} ({source} on {meta['world_size']} ranks, {len(meta['param_groups'])} "
+        f"parameter group(s), step {meta['global_steps']}) to {args.out}{' as DCP' if args.dcp else ''}"
     )
     return 0
 
