@@ -107,8 +107,8 @@ def saved_state(path: Path, *, trust: bool = False) -> tuple[str, dict[str, Any]
 
 def check_compatible(path: Path, run: RunConfig, world_size: int) -> None:
     """Fails, saying what to do, if the checkpoint at ``path`` is another run's, engine's or world size's,
-    or (unless ``run.trust_checkpoint``) holds a type DeepSpeed's checkpoints never hold (:func:`saved_state`).
-    """
+    or (unless ``run.trust_checkpoint``) holds a type DeepSpeed's checkpoints never hold: see
+    :func:`saved_state`."""
     engine, saved = saved_state(path, trust=run.trust_checkpoint)
     if engine != run.engine:
         convert = (
