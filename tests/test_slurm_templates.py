@@ -71,6 +71,9 @@ def jobs(slurm_cluster, tmp_path_factory) -> dict[str, Job]:
         # The first takes a whole node (2 CPUs); the 2-node job starts when the other node is free.
         "one node": submit(slurm_cluster, tmp, "one-node", "cifar100_wame.sh", *one_node, EPOCHS="4"),
         "two nodes": submit(slurm_cluster, tmp, "two-nodes", "cifar100_wame.sh", *two_nodes, EPOCHS="4"),
+        "fsdp2": submit(
+            slurm_cluster, tmp, "fsdp2", "cifar100_wame.sh", *two_nodes, EPOCHS="2", ENGINE="fsdp2"
+        ),
     }
 
 
@@ -126,6 +129,17 @@ def test_two_nodes_one_task_each(slurm_cluster, jobs):
     metrics = job.metrics()
     assert [e["epoch"] for e in metrics] == [1, 2, 3, 4]
     assert metrics[-1]["val_acc"] > 0.5
+
+
+def test_fsdp2_engine_runs_across_two_nodes(slurm_cluster, jobs):
+    """ENGINE=fsdp2: the same template starts launch/train.py --engine fsdp2 with srun, one rank per node."""
+    job = jobs["fsdp2"]
+    assert finished(slurm_cluster, job) == "COMPLETED", job.text()
+    assert node_list(job) == "node[1-2]"
+    result = json.loads((job.out / "result.json").read_text())
+    assert result["settings"]["engine"] == "fsdp2"
+    assert [e["epoch"] for e in result["epochs"]] == [1, 2]
+    assert (job.out / "checkpoints").is_dir()
 
 
 def test_interrupted_run_ends_as_the_uninterrupted_one(slurm_cluster, jobs):
