@@ -29,7 +29,8 @@ def run_deepspeed_config(run: RunConfig, world_size: int) -> dict[str, Any]:
         config["bf16"] = {**config.get("bf16", {}), "enabled": run.precision == "bf16"}
         config["fp16"] = {**config.get("fp16", {}), "enabled": run.precision == "fp16"}
         config["torch_autocast"] = {"enabled": run.precision == "bf16-autocast", "dtype": "bfloat16"}
-    check_fp16(config, run.deepspeed_config)
+    if run.engine == "deepspeed":  # FSDP2 has no fp16 path of its own and refuses it (engines/fsdp2.py)
+        check_fp16(config, run.deepspeed_config)
     if run.batch_size is not None:
         config["train_batch_size"] = run.batch_size
         config.pop("train_micro_batch_size_per_gpu", None)
