@@ -4,11 +4,15 @@ plain WAME ends on the same global batches (tolerances as for ZeRO: tests/test_d
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 from ds_worker import STATE_KEYS, reference_run
 from fsdp2_worker import IMPLEMENTATIONS, STEPS
-from launching import TESTS, run, torchrun
+from launching import TESTS, job_env, run, torchrun
 
 pytestmark = pytest.mark.multirank
 
@@ -106,3 +110,41 @@ def test_dcp_reshards_wame_state(dcp_hops, ranks):
     """2 -> 4 -> 1 ranks: each hop ends where the uninterrupted 2-rank run ends (another world size sums
     the gradients in another order: the ZeRO tolerances), prev_sign still int8."""
     assert_same_run(load(dcp_hops[ranks], "resumed"), load(dcp_hops[2], "uninterrupted"), PARAM_TOLERANCE)
+
+
+MIXED_LIST_CHECK = textwrap.dedent(
+    """
+    import torch, torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+    from wame_dist import WAME
+
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0, world_size=1)
+    mesh = init_device_mesh("cpu", (1,))
+    torch.manual_seed(0)
+    weights = [torch.randn(37, 5), torch.randn(11)]
+    grads = [[torch.randn(37, 5), torch.randn(11)] for _ in range(4)]
+    for flags in ({}, {"foreach": False, "fused": False}, {"foreach": True}, {"fused": True}):
+        sharded = distribute_tensor(weights[0], mesh, [Shard(0)])
+        mixed = [torch.nn.Parameter(sharded), torch.nn.Parameter(weights[1].clone())]
+        plain = [torch.nn.Parameter(w.clone()) for w in weights]
+        for params in (mixed, plain):
+            optimizer = WAME(params, lr=1e-2, **flags)
+            for step in grads:
+                for p, g in zip(params, step):
+                    p.grad = distribute_tensor(g, mesh, [Shard(0)]) if isinstance(p, DTensor) else g
+                optimizer.step()
+        assert torch.equal(mixed[0].full_tensor(), plain[0]) and torch.equal(mixed[1], plain[1]), flags
+    dist.destroy_process_group()
+    print("mixed ok")
+    """
+)
+
+
+def test_a_mixed_list_of_dtensor_and_plain_parameters_steps_as_plain_tensors():
+    """One optimizer over a DTensor parameter and a plain one: every implementation gives exactly what it
+    gives on plain tensors (one process, a 1-rank mesh)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", MIXED_LIST_CHECK], capture_output=True, text=True, timeout=300, env=job_env()
+    )
+    assert proc.returncode == 0 and "mixed ok" in proc.stdout, proc.stdout + proc.stderr
