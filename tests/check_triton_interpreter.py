@@ -14,17 +14,20 @@ from wame_dist.optim.wame import _single_tensor_wame
 
 ULPS = 3
 HYPER = dict(
-    lr=1e-2, alpha=0.9, eta_minus=0.1, eta_plus=1.2, zeta_min=0.01, zeta_max=100.0, eps=1e-8,
-    weight_decay=0.0, decoupled_weight_decay=False, literal=False, maximize=False, grad_scale=None,
-    found_inf=None,
+    lr=1e-2, step_size=1e-2, alpha=0.9, theta_decay=0.9, eta_minus=0.1, eta_plus=1.2, zeta_min=0.01,
+    zeta_max=100.0, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, literal=False, maximize=False,
+    keras=False, weight_sign=False, grad_scale=None, found_inf=None,
 )  # fmt: skip
 L2 = {"weight_decay": 0.01}
+KERAS = {"keras": True, "theta_decay": 0.999, "step_size": 3e-3, "eps": 1e-11}
 CASES = (
     {},
     {"maximize": True},
     {"weight_decay": 0.01, "decoupled_weight_decay": True},
     {"literal": True},
     L2,
+    {**KERAS, "weight_sign": True},
+    {**KERAS, "maximize": True, "weight_decay": 0.01, "decoupled_weight_decay": True},
 )
 
 
@@ -40,7 +43,11 @@ def check(dtype, options):
     generator = torch.Generator().manual_seed(0)
     n = sum(SIZES)
     w = torch.randn(n, generator=generator).to(dtype)
-    state = [torch.zeros(n, dtype=torch.int8), *(torch.full((n,), v, dtype=dtype) for v in (1.0, 0.0, 0.0))]
+    initial_z = 1.0 if options.get("keras") else 0.0
+    state = [
+        torch.zeros(n, dtype=torch.int8),
+        *(torch.full((n,), v, dtype=dtype) for v in (1.0, initial_z, 0.0)),
+    ]
     for _ in range(6):
         g = (torch.randn(n, generator=generator) * (torch.rand(n, generator=generator) > 0.1)).to(dtype)
         a = [w.clone(), *[s.clone() for s in state]]

@@ -20,6 +20,11 @@ OPTIONS = [
     dict(zip(("maximize", "weight_decay", "decoupled_weight_decay", "denominator"), combo))
     for combo in itertools.product((False, True), (0.0, 0.01), (False, True), ("sqrt", "literal"))
     if combo[1] or not combo[2]  # decoupled only matters with weight decay
+] + [  # the Keras variant: both sign sources, its decay and betas, with each kind of weight decay
+    {"variant": "keras", "sign_source": "weight", "decay": 1e-3},
+    {"variant": "keras", "sign_source": "gradient", "maximize": True, "weight_decay": 0.01},
+    {"variant": "keras", "sign_source": "weight", "weight_decay": 0.01, "decoupled_weight_decay": True},
+    {"variant": "keras", "sign_source": "gradient", "betas": (0.8, 0.99), "maximize": True},
 ]
 
 #: Parameter shapes: large and small, a scalar, a 4-d conv weight, and a non-contiguous (transposed) one.
@@ -164,16 +169,17 @@ AOT_COMPILE_CHECK = textwrap.dedent(
     from triton.compiler import ASTSource
     from wame_dist.optim.triton_kernel import _wame_kernel
 
-    scalars = ("lr", "decay", "weight_decay", "alpha", "one_minus_alpha", "eta_minus", "eta_plus",
-               "zeta_min", "zeta_max", "eps")
+    scalars = ("step_size", "decay", "weight_decay", "one_minus_alpha", "theta_decay",
+               "one_minus_theta_decay", "eta_minus", "eta_plus", "zeta_min", "zeta_max", "eps")
     signature = {"pointers": "*i64", "numels": "*i64", "block_tensor": "*i32", "block_start": "*i64",
                  "grad_scale_ptr": "*fp32", "found_inf_ptr": "*fp32"}
     signature |= dict.fromkeys(scalars, "fp32")
     for capability in (80, 90):
         for dtype in (tl.float32, tl.float16, tl.bfloat16):
-            cases = ((1, 1, 0, 0, 0), (0, 0, 1, 1, 1), (1, 0, 2, 0, 0), (1, 1, 0, 0, 1))
-            for full, aligned, decay, literal, amp in cases:
+            cases = ((1, 1, 0, 0, 0, 0), (0, 0, 1, 1, 1, 0), (1, 0, 2, 0, 0, 1), (1, 1, 0, 0, 1, 1))
+            for full, aligned, decay, literal, amp, keras in cases:
                 constants = {"DTYPE": dtype, "MAXIMIZE": not full, "DECAY": decay, "LITERAL": bool(literal),
+                             "KERAS": bool(keras), "WEIGHT_SIGN": bool(keras and decay),
                              "BLOCK": 1024, "FULL": bool(full), "ALIGNED": bool(aligned),
                              "HAS_GRAD_SCALE": bool(amp), "HAS_FOUND_INF": bool(amp)}
                 types = signature | dict.fromkeys(constants, "constexpr")

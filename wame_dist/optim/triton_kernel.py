@@ -1,7 +1,8 @@
 """The fused WAME kernel for CUDA tensors, written in Triton: one pass over memory per element, one launch
 for all the tensors of a step.
 
-It computes what ``_single_tensor_wame`` computes, in float32 for float32, float16 and bfloat16 tensors
+It computes what ``_single_tensor_wame`` computes (either variant: ``KERAS`` and ``WEIGHT_SIGN`` are
+compile-time switches), in float32 for float32, float16 and bfloat16 tensors
 (rounded once when stored). Like torch's fused Adam (``multi_tensor_apply``), one launch updates every
 tensor of a (device, dtype) group: each program takes one block of ``_BLOCK`` elements of one tensor,
 found through a block table (tensor index, first element) and a pointer table (the address of each
@@ -44,8 +45,10 @@ def _pointer(table, column, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
 @triton.jit
 def _wame_kernel(
     pointers, numels, block_tensor, block_start, grad_scale_ptr, found_inf_ptr,
-    lr, decay, weight_decay, alpha, one_minus_alpha, eta_minus, eta_plus, zeta_min, zeta_max, eps,
+    step_size, decay, weight_decay, one_minus_alpha, theta_decay, one_minus_theta_decay,
+    eta_minus, eta_plus, zeta_min, zeta_max, eps,
     DTYPE: tl.constexpr, MAXIMIZE: tl.constexpr, DECAY: tl.constexpr, LITERAL: tl.constexpr,
+    KERAS: tl.constexpr, WEIGHT_SIGN: tl.constexpr,
     BLOCK: tl.constexpr, FULL: tl.constexpr, ALIGNED: tl.constexpr,
     HAS_GRAD_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
 ):  # fmt: skip
@@ -71,6 +74,8 @@ def _wame_kernel(
     if HAS_FOUND_INF:  # the same value for the whole block: whole blocks' stores stay vectorised
         keep = tl.zeros([BLOCK], dtype=tl.float32) == tl.load(found_inf_ptr)
         mask = keep if FULL else mask & keep
+    if WEIGHT_SIGN:
+        prev_next = tl.where(weight > 0, 1.0, tl.where(weight < 0, -1.0, 0.0))  # before any decay
     if MAXIMIZE:
         grad = -grad
     if DECAY == 1:
@@ -79,18 +84,27 @@ def _wame_kernel(
         weight = weight * decay
     sign = tl.where(grad > 0, 1.0, tl.where(grad < 0, -1.0, 0.0))  # sign(NaN) = 0
     agreement = sign * prev
-    grown = tl.minimum(zeta * eta_plus, zeta_max)
-    shrunk = tl.maximum(zeta * eta_minus, zeta_min)
-    zeta = tl.where(agreement > 0, grown, tl.where(agreement < 0, shrunk, zeta))
-    z = tl.fma(one_minus_alpha, zeta - z, z)
-    theta = tl.fma(one_minus_alpha * grad, grad, theta * alpha)
+    if KERAS:  # zeta moves unclipped; the clipped value is averaged into z and scales the step as used / z
+        zeta = tl.where(agreement > 0, zeta * eta_plus, tl.where(agreement < 0, zeta * eta_minus, zeta))
+        used = tl.where(zeta < zeta_min, zeta_min, tl.where(zeta > zeta_max, zeta_max, zeta))
+        z = tl.fma(one_minus_alpha, used - z, z)
+        factor = tl.math.div_rn(used, z)
+    else:
+        grown = tl.minimum(zeta * eta_plus, zeta_max)
+        shrunk = tl.maximum(zeta * eta_minus, zeta_min)
+        zeta = tl.where(agreement > 0, grown, tl.where(agreement < 0, shrunk, zeta))
+        z = tl.fma(one_minus_alpha, zeta - z, z)
+        factor = z
+    if not WEIGHT_SIGN:
+        prev_next = sign
+    theta = tl.fma(one_minus_theta_decay * grad, grad, theta * theta_decay)
     if LITERAL:  # noqa: SIM108 (a constexpr branch: the kernel is compiled without the other side)
         denom = theta + eps
     else:
         denom = tl.sqrt_rn(theta) + eps
-    weight = weight + tl.math.div_rn(-lr * (z * grad), denom)
+    weight = weight + tl.math.div_rn(-step_size * (factor * grad), denom)
     tl.store(w_ptr + offsets, weight.to(DTYPE), mask=mask)
-    tl.store(prev_ptr + offsets, sign.to(tl.int8), mask=mask)
+    tl.store(prev_ptr + offsets, prev_next.to(tl.int8), mask=mask)
     tl.store(zeta_ptr + offsets, zeta.to(DTYPE), mask=mask)
     tl.store(z_ptr + offsets, z.to(DTYPE), mask=mask)
     tl.store(theta_ptr + offsets, theta.to(DTYPE), mask=mask)
@@ -150,8 +164,8 @@ def _tables_for(rows: list[tuple[torch.Tensor, ...]]) -> _Tables:
 
 def wame_step_(
     params, grads, prev_signs, zetas, zs, thetas, *,
-    lr, alpha, eta_minus, eta_plus, zeta_min, zeta_max, eps, weight_decay, decoupled_weight_decay, literal,
-    maximize, grad_scale=None, found_inf=None,
+    lr, step_size, alpha, theta_decay, eta_minus, eta_plus, zeta_min, zeta_max, eps, weight_decay,
+    decoupled_weight_decay, literal, maximize, keras, weight_sign, grad_scale=None, found_inf=None,
 ) -> None:  # fmt: skip
     """Updates the tensors in place, one launch per dtype (the caller groups them by device)."""
     decay_mode = 0 if weight_decay == 0 else (2 if decoupled_weight_decay else 1)
@@ -169,9 +183,10 @@ def wame_step_(
                 # an absent scalar's pointer: any tensor, never read (its HAS_* flag below is False)
                 tables.numels if grad_scale is None else grad_scale,
                 tables.numels if found_inf is None else found_inf,
-                lr, 1.0 - lr * weight_decay, weight_decay, alpha, 1.0 - alpha,
+                step_size, 1.0 - lr * weight_decay, weight_decay, 1.0 - alpha, theta_decay, 1.0 - theta_decay,
                 eta_minus, eta_plus, zeta_min, zeta_max, eps,
                 DTYPE=_TRITON_DTYPE[dtype], MAXIMIZE=maximize, DECAY=decay_mode, LITERAL=literal,
+                KERAS=keras, WEIGHT_SIGN=weight_sign,
                 BLOCK=_BLOCK, FULL=full, ALIGNED=tables.aligned,
                 HAS_GRAD_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None,
             )  # fmt: skip

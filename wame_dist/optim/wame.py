@@ -26,15 +26,30 @@ from wame_dist.optim import fused as _fused
 __all__ = ["WAME", "wame"]
 
 DENOMINATORS = ("sqrt", "literal")
+VARIANTS = ("algorithm1", "keras")
+SIGN_SOURCES = ("gradient", "weight")
 
-#: Per-parameter state: key -> how to create it lazily from the parameter (ZeRO partitions and checkpoints
-#: converted by other tools may arrive with some keys missing; each is then created on its own).
+#: What the arguments left unset (None) become, per variant: the paper's Algorithm 1, and the authors'
+#: published Keras code (``eps`` 1e-11, the previous *weight*'s sign, Adam's ``beta_1``/``beta_2``).
+VARIANT_DEFAULTS = {
+    "algorithm1": {"eps": 1e-8, "sign_source": "gradient", "betas": None},
+    "keras": {"eps": 1e-11, "sign_source": "weight", "betas": (0.9, 0.999)},
+}
+
+#: The initial value of ``Z``: 0 in Algorithm 1 (line 2), 1 in the Keras code (``K.ones``).
+_INITIAL_Z = {"algorithm1": 0.0, "keras": 1.0}
+
+#: Per-parameter state: key -> how to create it lazily from the parameter and the group's variant (ZeRO
+#: partitions and checkpoints converted by other tools may arrive with some keys missing; each is then
+#: created on its own).
 _STATE_FACTORIES = {
-    "step": lambda p: _step_counter(0.0),
-    "prev_sign": lambda p: torch.zeros_like(p, dtype=torch.int8, memory_format=torch.preserve_format),
-    "zeta": lambda p: torch.ones_like(p, memory_format=torch.preserve_format),
-    "z": lambda p: torch.zeros_like(p, memory_format=torch.preserve_format),
-    "theta": lambda p: torch.zeros_like(p, memory_format=torch.preserve_format),
+    "step": lambda p, variant: _step_counter(0.0),
+    "prev_sign": lambda p, variant: torch.zeros_like(
+        p, dtype=torch.int8, memory_format=torch.preserve_format
+    ),
+    "zeta": lambda p, variant: torch.ones_like(p, memory_format=torch.preserve_format),
+    "z": lambda p, variant: torch.full_like(p, _INITIAL_Z[variant], memory_format=torch.preserve_format),
+    "theta": lambda p, variant: torch.zeros_like(p, memory_format=torch.preserve_format),
 }
 STATE_KEYS = tuple(_STATE_FACTORIES)
 
@@ -74,16 +89,42 @@ class WAME(Optimizer):
        &\quad s_t = \mathrm{sign}(g_t)
        \end{aligned}
 
+    ``variant="keras"`` is the rule of the authors' published code (their Keras fork's ``optimizers.WAME``,
+    proposed as keras-team/keras pull request 10899), which the paper's experiments ran on. It differs
+    from Algorithm 1 in five ways: the stored :math:`\zeta` is not clipped (only the value used is), the
+    step is scaled by :math:`\zeta/Z` (as the paper's prose says) with :math:`Z_0 = 1`, the mean square
+    decays with :math:`\beta_2` and is divided out with Adam's bias correction, the rate decays as
+    Keras's ``decay`` does, and the sign compared with the gradient's is that of the previous *weight*
+    (``sign_source="weight"``; ``"gradient"`` is the evident intent). With
+    :math:`(\beta_1, \beta_2)` = ``betas``, :math:`\beta_a` = ``alpha``, :math:`d` = ``decay``:
+
+    .. math::
+       \begin{aligned}
+       &\quad c = \mathrm{sign}(g_t)\, s_{t-1}, \quad
+              \zeta_t = \zeta_{t-1}\eta_+ \text{ where } c > 0;\ \zeta_{t-1}\eta_- \text{ where } c < 0;\
+              \zeta_{t-1} \text{ elsewhere}                                                   \\
+       &\quad \hat\zeta_t = \mathrm{clip}(\zeta_t, \zeta_{min}, \zeta_{max}), \quad
+              Z_t = \beta_a Z_{t-1} + (1-\beta_a)\hat\zeta_t, \quad
+              \theta_t = \beta_2\theta_{t-1} + (1-\beta_2) g_t^2                           \\
+       &\quad \lambda_t = \frac{\lambda}{1 + d(t-1)}\,\frac{\sqrt{1-\beta_2^t}}{1-\beta_1^t}, \quad
+              w_t = w_{t-1} - \lambda_t \frac{\hat\zeta_t}{Z_t} \frac{g_t}{\sqrt{\theta_t} + \epsilon}, \quad
+              s_t = \mathrm{sign}(w_{t-1}) \text{ (or } \mathrm{sign}(g_t))
+       \end{aligned}
+
+    (The code computes ``change = prev * g`` and compares it with 0; the product of the signs is the same
+    except where that product underflows to 0. Weight decay, absent from the Keras code, acts as in
+    Algorithm 1, decoupled decay with the decayed rate :math:`\lambda / (1 + d(t-1))`.)
+
     ``denominator="sqrt"`` (default) divides by the root of the mean square, as RMSprop does and as the
     paper's section 2.2 reads its divisor; ``"literal"`` is line 11 of Algorithm 1 word for word (its step
     scales like ``1/|g|`` and needs a far smaller ``lr``). ``Z`` multiplies the step, as in Algorithm 1
     (the paper's prose says "divide"). Every operation is element-wise, so a ZeRO partition of a flattened
     parameter gets exactly the update of the whole tensor.
 
-    State per parameter: ``step`` (0-dim float tensor, bookkeeping only: WAME has no bias correction),
-    ``prev_sign`` (int8: only the sign of the previous gradient is ever read), ``zeta``, ``z``, ``theta``
-    (the parameter's dtype): 13 bytes per fp32 weight. Complex parameters are treated as pairs of
-    independent reals (their state has the shape of ``torch.view_as_real(param)``).
+    State per parameter: ``step`` (0-dim float tensor; read only by the Keras variant's bias correction and
+    decay), ``prev_sign`` (int8: only the sign of the previous gradient, or weight, is ever read), ``zeta``,
+    ``z``, ``theta`` (the parameter's dtype): 13 bytes per fp32 weight, in both variants. Complex parameters
+    are treated as pairs of independent reals (their state has the shape of ``torch.view_as_real(param)``).
 
     Non-finite gradients are not searched for (that is the loss scaler's job: ``torch.amp.GradScaler`` and
     DeepSpeed skip a step with an overflow before the optimizer sees it). If one arrives anyway, the result
@@ -108,9 +149,16 @@ class WAME(Optimizer):
             0 < eta_minus < 1 < eta_plus.
         zeta_bounds: (zeta_min, zeta_max), 0 < zeta_min <= 1 <= zeta_max.
         eps: added to the denominator, >= 0; guards the first step of a weight whose gradients were all 0.
+            Default (None): 1e-8, or 1e-11 for ``variant="keras"`` (the Keras code's).
         weight_decay: :math:`\omega` >= 0, an L2 term added to the gradient, or with
             ``decoupled_weight_decay=True`` a factor ``1 - lr * weight_decay`` applied to the weight first.
-        denominator: ``"sqrt"`` or ``"literal"``, see above.
+        variant: ``"algorithm1"`` (the paper's Algorithm 1) or ``"keras"`` (the authors' code), see above.
+        sign_source: ``"weight"`` or ``"gradient"``: whose previous sign the Keras variant compares the
+            gradient's with (default: ``"weight"``, as published). Algorithm 1 takes only ``"gradient"``.
+        betas: (beta_1, beta_2) of the Keras variant (default (0.9, 0.999)): beta_2 averages the squared
+            gradient, beta_1 enters only the bias correction. Algorithm 1 averages with ``alpha``: None.
+        decay: the Keras variant's rate decay ``lr / (1 + decay * (t - 1))``, >= 0 (Algorithm 1: 0).
+        denominator: ``"sqrt"`` or ``"literal"``, see above (Keras: ``"sqrt"``).
         maximize: ascend the objective instead of descending it.
         foreach: use the multi-tensor implementation.
         fused: use the fused kernel (C++/OpenMP on CPU, Triton on CUDA). With both ``None`` the fastest
@@ -135,9 +183,13 @@ class WAME(Optimizer):
         alpha: float = 0.9,
         etas: tuple[float, float] = (0.1, 1.2),
         zeta_bounds: tuple[float, float] = (0.01, 100.0),
-        eps: float = 1e-8,
+        eps: float | None = None,
         weight_decay: float = 0.0,
         *,
+        variant: str = "algorithm1",
+        sign_source: str | None = None,
+        betas: tuple[float, float] | None = None,
+        decay: float = 0.0,
         decoupled_weight_decay: bool = False,
         denominator: str = "sqrt",
         maximize: bool = False,
@@ -151,13 +203,17 @@ class WAME(Optimizer):
             "zeta_bounds": tuple(zeta_bounds),
             "eps": eps,
             "weight_decay": weight_decay,
+            "variant": variant,
+            "sign_source": sign_source,
+            "betas": betas,
+            "decay": decay,
             "decoupled_weight_decay": decoupled_weight_decay,
             "denominator": denominator,
             "maximize": maximize,
             "foreach": foreach,
             "fused": fused,
         }
-        validate_hyperparameters(defaults)
+        validate_hyperparameters(with_variant_defaults(defaults))
         super().__init__(params, defaults)
 
     @property
@@ -174,6 +230,7 @@ class WAME(Optimizer):
         for group in self.param_groups:
             for key, default in _FLAG_DEFAULTS.items():
                 group.setdefault(key, default)
+            group.update(with_variant_defaults(group))
             for p in group["params"]:
                 p_state = self.state.get(p, {})
                 if "step" in p_state and not torch.is_tensor(p_state["step"]):
@@ -183,7 +240,7 @@ class WAME(Optimizer):
         """Adds a group like ``torch.optim.Optimizer`` does, then validates its hyperparameters."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        group["etas"], group["zeta_bounds"] = tuple(group["etas"]), tuple(group["zeta_bounds"])
+        group.update(with_variant_defaults(group))
         validate_hyperparameters(group)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -211,7 +268,7 @@ class WAME(Optimizer):
             param, grad = (
                 (torch.view_as_real(p), torch.view_as_real(p.grad)) if p.is_complex() else (p, p.grad)
             )
-            state = self._state_of(p, param)
+            state = self._state_of(p, param, group["variant"])
             params.append(param)
             grads.append(grad)
             prev_signs.append(state["prev_sign"])
@@ -221,13 +278,13 @@ class WAME(Optimizer):
             steps.append(state["step"])
         return params, grads, prev_signs, zetas, zs, thetas, steps
 
-    def _state_of(self, p: Tensor, param: Tensor) -> dict[str, Tensor]:
+    def _state_of(self, p: Tensor, param: Tensor, variant: str) -> dict[str, Tensor]:
         """The state of ``p`` (``param``: its real view), each missing key created at its initial value, and
         a ``prev_sign`` widened by a foreign checkpoint loader narrowed back to int8 (exactly)."""
         state = self.state[p]
         for key, factory in _STATE_FACTORIES.items():
             if key not in state:
-                state[key] = factory(param)
+                state[key] = factory(param, variant)
         if state["prev_sign"].dtype != torch.int8:
             state["prev_sign"] = state["prev_sign"].to(torch.int8)
         return state
@@ -242,7 +299,7 @@ class WAME(Optimizer):
         """
         for group in self.param_groups:
             for p in group["params"]:
-                self._state_of(p, torch.view_as_real(p) if p.is_complex() else p)
+                self._state_of(p, torch.view_as_real(p) if p.is_complex() else p, group["variant"])
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -277,6 +334,10 @@ class WAME(Optimizer):
                 zeta_max=zeta_max,
                 eps=group["eps"],
                 weight_decay=group["weight_decay"],
+                variant=group["variant"],
+                sign_source=group["sign_source"],
+                betas=group["betas"],
+                decay=group["decay"],
                 decoupled_weight_decay=group["decoupled_weight_decay"],
                 denominator=group["denominator"],
                 maximize=group["maximize"],
@@ -307,6 +368,19 @@ def _is_initialisation_step(lr: float | Tensor, grads: list[Tensor]) -> bool:
     return float(lr) == 0.0 and not any(bool(g.any()) for g in grads)
 
 
+def with_variant_defaults(group: dict[str, Any]) -> dict[str, Any]:
+    """``group`` with its unset (None) ``eps``, ``sign_source`` and ``betas`` set as its variant sets them,
+    and its pairs as tuples (an unknown variant is left for :func:`validate_hyperparameters` to name)."""
+    resolved = dict(group)
+    for key, default in VARIANT_DEFAULTS.get(group["variant"], VARIANT_DEFAULTS["algorithm1"]).items():
+        if resolved.get(key) is None:
+            resolved[key] = default
+    for pair in ("etas", "zeta_bounds", "betas"):
+        if resolved[pair] is not None:
+            resolved[pair] = tuple(resolved[pair])
+    return resolved
+
+
 def validate_hyperparameters(group: dict[str, Any]) -> None:
     """Raises ``ValueError`` naming the argument, its value and the valid range for any invalid one."""
 
@@ -334,6 +408,31 @@ def validate_hyperparameters(group: dict[str, Any]) -> None:
         fail("weight_decay", group["weight_decay"], "weight_decay >= 0")
     if group["denominator"] not in DENOMINATORS:
         fail("denominator", group["denominator"], f"one of {DENOMINATORS}")
+    variant = group["variant"]
+    if variant not in VARIANTS:
+        fail("variant", variant, f"one of {VARIANTS}")
+    if group["sign_source"] not in SIGN_SOURCES:
+        fail("sign_source", group["sign_source"], f"one of {SIGN_SOURCES}")
+    if not group["decay"] >= 0.0:
+        fail("decay", group["decay"], "decay >= 0")
+    if variant == "algorithm1":
+        for name, value, valid in (
+            ("sign_source", group["sign_source"], "'gradient' (Algorithm 1 compares consecutive gradients)"),
+            (
+                "betas",
+                group["betas"],
+                "None (Algorithm 1 averages both with alpha; betas are the Keras variant's)",
+            ),
+            ("decay", group["decay"], "0 (the rate decay is the Keras variant's)"),
+        ):
+            if value != VARIANT_DEFAULTS["algorithm1"].get(name, 0.0):
+                fail(name, value, f"{valid} with variant='algorithm1'")
+    else:
+        betas = group["betas"]
+        if len(betas) != 2 or not all(0.0 <= beta < 1.0 for beta in betas):
+            fail("betas", betas, "(beta_1, beta_2), each in [0, 1)")
+        if group["denominator"] != "sqrt":
+            fail("denominator", group["denominator"], "'sqrt' with variant='keras'")
     if group["fused"] and group["foreach"]:
         fail("fused", group["fused"], "fused=True together with foreach=False or None (choose one)")
 
@@ -360,6 +459,10 @@ def wame(
     decoupled_weight_decay: bool,
     denominator: str,
     maximize: bool,
+    variant: str = "algorithm1",
+    sign_source: str = "gradient",
+    betas: tuple[float, float] | None = None,
+    decay: float = 0.0,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
 ) -> None:
@@ -369,6 +472,12 @@ def wame(
     arrive multiplied by ``grad_scale``; a non-zero ``found_inf`` skips the step, its ``step`` count
     included. DTensors (FSDP2's sharded parameters and the state created like them) are updated through
     their local shards.
+
+    The implementations take one rule with two switches: ``keras`` (the Keras variant's zeta, Z and step
+    factor) and ``weight_sign`` (remember the weight's sign, not the gradient's), the mean square's decay
+    ``theta_decay`` (``alpha``, or the Keras variant's ``beta_2``), the rate of decoupled weight decay
+    ``lr`` and the step's rate ``step_size``: for the Keras variant both depend on the step count, so
+    parameters are updated in one call per distinct count (all of them, unless some missed steps).
     """
     params, grads, prev_signs, zetas, zs, thetas = (
         _torch_compat.local_tensors(tensors) for tensors in (params, grads, prev_signs, zetas, zs, thetas)
@@ -378,27 +487,45 @@ def wame(
         torch._foreach_add_(steps, 1)
     else:
         torch._foreach_add_(steps, [(1 - found_inf).to(step) for step in steps])
-    implementation(
-        params,
-        grads,
-        prev_signs,
-        zetas,
-        zs,
-        thetas,
-        lr=float(_torch_compat.to_scalar(lr)),
-        alpha=alpha,
-        eta_minus=eta_minus,
-        eta_plus=eta_plus,
-        zeta_min=zeta_min,
-        zeta_max=zeta_max,
-        eps=eps,
-        weight_decay=weight_decay,
-        decoupled_weight_decay=decoupled_weight_decay,
-        literal=denominator == "literal",
-        maximize=maximize,
-        grad_scale=grad_scale,
-        found_inf=found_inf,
-    )
+    lr = float(_torch_compat.to_scalar(lr))
+    rows = list(zip(params, grads, prev_signs, zetas, zs, thetas))
+    keras = variant == "keras"
+    if keras:
+        by_step: dict[float, list[tuple[Tensor, ...]]] = {}
+        for row, step in zip(rows, steps):
+            by_step.setdefault(float(step), []).append(row)
+        batches = [(_keras_rates(lr, betas, decay, t), batch) for t, batch in by_step.items()]
+    else:
+        batches = [((lr, lr), rows)]
+    for (decayed_lr, step_size), batch in batches:
+        implementation(
+            *(list(column) for column in zip(*batch)),
+            lr=decayed_lr,
+            step_size=step_size,
+            alpha=alpha,
+            theta_decay=betas[1] if keras else alpha,
+            eta_minus=eta_minus,
+            eta_plus=eta_plus,
+            zeta_min=zeta_min,
+            zeta_max=zeta_max,
+            eps=eps,
+            weight_decay=weight_decay,
+            decoupled_weight_decay=decoupled_weight_decay,
+            literal=denominator == "literal",
+            maximize=maximize,
+            keras=keras,
+            weight_sign=sign_source == "weight",
+            grad_scale=grad_scale,
+            found_inf=found_inf,
+        )
+
+
+def _keras_rates(lr: float, betas: tuple[float, float], decay: float, t: float) -> tuple[float, float]:
+    """The Keras variant's rates at step ``t`` (from 1): the decayed rate ``lr / (1 + decay * (t - 1))``
+    and the step's rate, that times Adam's bias correction ``sqrt(1 - beta_2**t) / (1 - beta_1**t)``."""
+    beta_1, beta_2 = betas
+    decayed = lr / (1.0 + decay * (t - 1.0))
+    return decayed, decayed * math.sqrt(1.0 - beta_2**t) / (1.0 - beta_1**t)
 
 
 def choose_implementation(params: list[Tensor], *, foreach: bool | None, fused: bool | None):
@@ -427,7 +554,9 @@ def _single_tensor_wame(
     thetas: list[Tensor],
     *,
     lr: float,
+    step_size: float,
     alpha: float,
+    theta_decay: float,
     eta_minus: float,
     eta_plus: float,
     zeta_min: float,
@@ -437,6 +566,8 @@ def _single_tensor_wame(
     decoupled_weight_decay: bool,
     literal: bool,
     maximize: bool,
+    keras: bool,
+    weight_sign: bool,
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
 ) -> None:
@@ -444,6 +575,7 @@ def _single_tensor_wame(
     if grads is None:
         return
     for param, grad, prev_sign, zeta, z, theta in zip(params, grads, prev_signs, zetas, zs, thetas):
+        weight_sign_before = torch.sign(param) if weight_sign else None
         grad = -grad if maximize else grad
         if weight_decay != 0:
             if decoupled_weight_decay:
@@ -453,19 +585,30 @@ def _single_tensor_wame(
 
         sign = torch.sign(grad)  # -1, 0, +1; sign(NaN) = 0
         agreement = sign * prev_sign
-        zeta.copy_(
-            torch.where(
-                agreement > 0,
-                (zeta * eta_plus).clamp_(max=zeta_max),
-                torch.where(agreement < 0, (zeta * eta_minus).clamp_(min=zeta_min), zeta),
+        if keras:  # zeta moves unclipped; the clipped value is used, and divided by its average
+            zeta.copy_(
+                torch.where(
+                    agreement > 0, zeta * eta_plus, torch.where(agreement < 0, zeta * eta_minus, zeta)
+                )
             )
-        )
-        prev_sign.copy_(sign)
-        z.lerp_(zeta, 1 - alpha)
-        theta.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+            clipped = zeta.clamp(zeta_min, zeta_max)
+            z.lerp_(clipped, 1 - alpha)
+            factor = clipped.div_(z)
+        else:
+            zeta.copy_(
+                torch.where(
+                    agreement > 0,
+                    (zeta * eta_plus).clamp_(max=zeta_max),
+                    torch.where(agreement < 0, (zeta * eta_minus).clamp_(min=zeta_min), zeta),
+                )
+            )
+            z.lerp_(zeta, 1 - alpha)
+            factor = z
+        prev_sign.copy_(sign if weight_sign_before is None else weight_sign_before)
+        theta.mul_(theta_decay).addcmul_(grad, grad, value=1 - theta_decay)
         guard = _representable_eps(eps, param.dtype)
         denom = theta.add(guard) if literal else theta.sqrt().add_(guard)
-        param.addcdiv_(z * grad, denom, value=-lr)
+        param.addcdiv_(factor * grad, denom, value=-step_size)
 
 
 def _multi_tensor_wame(
@@ -477,7 +620,9 @@ def _multi_tensor_wame(
     thetas: list[Tensor],
     *,
     lr: float,
+    step_size: float,
     alpha: float,
+    theta_decay: float,
     eta_minus: float,
     eta_plus: float,
     zeta_min: float,
@@ -487,6 +632,8 @@ def _multi_tensor_wame(
     decoupled_weight_decay: bool,
     literal: bool,
     maximize: bool,
+    keras: bool,
+    weight_sign: bool,
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
 ) -> None:
@@ -501,6 +648,7 @@ def _multi_tensor_wame(
         for dev_params, dev_grads, dev_prev_signs, dev_zetas, dev_zs, dev_thetas in _slices(
             tensor_lists, slice_elements
         ):
+            weight_signs = torch._foreach_sign(dev_params) if weight_sign else None
             if maximize:
                 dev_grads = torch._foreach_neg(dev_grads)
             if weight_decay != 0:
@@ -515,30 +663,48 @@ def _multi_tensor_wame(
             # [down, up] gives min(zeta * eta_plus, zeta_max) where c > 0 (pulled < 0 < up),
             # max(zeta * eta_minus, zeta_min) where c < 0 (pulled > zeta_max), and zeta itself where c = 0
             # (down <= zeta <= up even for a zeta outside the current bounds: bounds changed mid-run, or
-            # state loaded from a run with other bounds).
+            # state loaded from a run with other bounds). The Keras variant's zeta is unbounded (0 to inf),
+            # so its ``beyond`` is per element, min((eta_plus + 1) * zeta, the dtype's max): large enough to
+            # select, finite where c = 0, and where zeta +- beyond overflows the selection still holds.
             signs = torch._foreach_sign(dev_grads)
-            pulled = torch._foreach_addcmul(dev_zetas, signs, dev_prev_signs, value=-beyond)
             ups = torch._foreach_mul(dev_zetas, eta_plus)
-            torch._foreach_clamp_max_(ups, zeta_max)
-            torch._foreach_maximum_(ups, pulled)
             downs = torch._foreach_mul(dev_zetas, eta_minus)
-            torch._foreach_clamp_min_(downs, zeta_min)
+            if keras:
+                agreements = torch._foreach_mul(signs, dev_prev_signs)
+                beyonds = torch._foreach_mul(dev_zetas, eta_plus + 1.0)
+                torch._foreach_clamp_max_(beyonds, torch.finfo(dtype).max)
+                pulled = torch._foreach_addcmul(dev_zetas, beyonds, agreements, value=-1.0)
+            else:
+                pulled = torch._foreach_addcmul(dev_zetas, signs, dev_prev_signs, value=-beyond)
+                torch._foreach_clamp_max_(ups, zeta_max)
+                torch._foreach_clamp_min_(downs, zeta_min)
+            torch._foreach_maximum_(ups, pulled)
             torch._foreach_minimum_(downs, pulled)
-            torch._foreach_addcmul_(dev_zetas, signs, dev_prev_signs, value=beyond)
-            torch._foreach_copy_(dev_prev_signs, signs)
+            if keras:
+                torch._foreach_addcmul_(dev_zetas, beyonds, agreements)
+            else:
+                torch._foreach_addcmul_(dev_zetas, signs, dev_prev_signs, value=beyond)
+            torch._foreach_copy_(dev_prev_signs, signs if weight_signs is None else weight_signs)
             torch._foreach_minimum_(dev_zetas, ups)
             torch._foreach_maximum_(dev_zetas, downs)
 
-            torch._foreach_lerp_(dev_zs, dev_zetas, 1 - alpha)
-            torch._foreach_mul_(dev_thetas, alpha)
-            torch._foreach_addcmul_(dev_thetas, dev_grads, dev_grads, 1 - alpha)
+            if keras:
+                factors = torch._foreach_clamp_min(dev_zetas, zeta_min)
+                torch._foreach_clamp_max_(factors, zeta_max)
+                torch._foreach_lerp_(dev_zs, factors, 1 - alpha)
+                torch._foreach_div_(factors, dev_zs)
+            else:
+                torch._foreach_lerp_(dev_zs, dev_zetas, 1 - alpha)
+                factors = dev_zs
+            torch._foreach_mul_(dev_thetas, theta_decay)
+            torch._foreach_addcmul_(dev_thetas, dev_grads, dev_grads, 1 - theta_decay)
             if literal:
                 denoms = torch._foreach_add(dev_thetas, guard)
             else:
                 denoms = torch._foreach_sqrt(dev_thetas)
                 torch._foreach_add_(denoms, guard)
-            steps = torch._foreach_mul(dev_zs, dev_grads)
-            torch._foreach_addcdiv_(dev_params, steps, denoms, -lr)
+            steps = torch._foreach_mul(factors, dev_grads)
+            torch._foreach_addcdiv_(dev_params, steps, denoms, -step_size)
 
 
 def _amp_unscaled(
