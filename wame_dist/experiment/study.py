@@ -16,8 +16,8 @@ from typing import Any
 
 from wame_dist.data import DATASETS
 from wame_dist.errors import BadInput
-from wame_dist.training.config import DEFAULT_MODEL, OPTIMIZERS
-from wame_dist.training.optimizers import DEFAULT_LR
+from wame_dist.training.config import DEFAULT_MODEL
+from wame_dist.training.optimizers import DEFAULT_LR, OPTIMIZERS
 
 #: Tuning runs use their own seeds (10000, 10001, ...), so that no final run's weights choose its rate.
 TUNE_SEED_BASE = 10_000
@@ -35,7 +35,7 @@ class StudyConfig:
     dataset: str = "digits"
     model: str | None = None  # None: the paper's network for the data set
     width: float = 1.0
-    optimizers: tuple[str, ...] = OPTIMIZERS
+    optimizers: tuple[str, ...] = ("sgd", "rmsprop", "adam", "wame")  # the paper's four
     seeds: int = 20
     epochs: int = 100
     batch_size: int = 128

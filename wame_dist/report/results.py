@@ -7,8 +7,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Optimizer names as recorded, in the paper's order, with their display names.
-OPTIMIZERS = {"sgd": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "wame": "WAME"}
+#: Optimizer names as recorded, in the paper's order, with their display names (report/ imports nothing
+#: else, so these mirror wame_dist.training.optimizers.RULES; a test holds them equal).
+OPTIMIZERS = {
+    "sgd": "SGD",
+    "rmsprop": "RMSprop",
+    "adam": "Adam",
+    "wame": "WAME",
+    "wame_keras": "WAME (Keras code)",
+    "wame_keras_grad": "WAME (Keras, gradient sign)",
+}
 
 
 @dataclass(frozen=True)

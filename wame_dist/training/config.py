@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from wame_dist.data import DATASETS
 from wame_dist.deepspeed.checkpoint.safe_load import TRUST_FLAG
 from wame_dist.models import MODELS
+from wame_dist.training.optimizers import OPTIMIZERS
 
-OPTIMIZERS = ("wame", "adam", "rmsprop", "sgd")
 ENGINES = ("deepspeed", "fsdp2")
 PRECISIONS = ("fp32", "bf16", "fp16", "bf16-autocast")
 

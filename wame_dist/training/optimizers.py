@@ -1,13 +1,16 @@
-"""The four update rules of the paper as DeepSpeed optimizer blocks, with their documented default rates,
-and the same blocks built as torch optimizers (for FSDP2).
+"""The update rules a run can train with: one registry (:data:`RULES`) with each rule's display name,
+documented default rate and DeepSpeed optimizer block, and the same blocks built as torch optimizers (for
+FSDP2).
 
 SGD with momentum and RMSprop are torch's (DeepSpeed builds any ``torch.optim`` class named by "type"),
 Adam is DeepSpeed's own (its fused CPU/GPU kernels, DeepSpeedCPUAdam under offload) in plain Adam mode
-(DeepSpeed's default is AdamW), WAME is wame_dist's.
+(DeepSpeed's default is AdamW), the WAME rules are wame_dist's: Algorithm 1 of the paper, and the authors'
+published Keras code with the previous weight's sign (as published) or the previous gradient's.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -15,23 +18,43 @@ import torch
 from wame_dist.errors import BadInput
 from wame_dist.optim import WAME
 
-#: Default learning rates: the customary ones of each family (the paper gives none). The experiment's
-#: ``tune`` step replaces them with rates chosen on the validation set.
-DEFAULT_LR = {"wame": 1e-3, "adam": 1e-3, "rmsprop": 1e-3, "sgd": 1e-2}
+
+@dataclass(frozen=True)
+class Rule:
+    """One update rule: ``type`` and fixed ``params`` of its DeepSpeed block, and its default rate (the
+    customary one of its family; the paper gives none, and a study's ``tune`` step chooses on validation)."""
+
+    display: str
+    type: str
+    default_lr: float
+    params: dict[str, Any] = field(default_factory=dict)
 
 
-def optimizer_block(name: str, lr: float | None = None) -> dict[str, Any]:
-    """The DeepSpeed config "optimizer" block of update rule ``name`` at rate ``lr``."""
-    lr = DEFAULT_LR[name] if lr is None else lr
-    if name == "wame":
-        return {"type": "WAME", "params": {"lr": lr}}
-    if name == "adam":
-        return {"type": "Adam", "params": {"lr": lr, "adam_w_mode": False}}
-    if name == "rmsprop":  # alpha 0.9: the decay the paper (and Hinton's lecture) use for RMSprop
-        return {"type": "RMSprop", "params": {"lr": lr, "alpha": 0.9}}
-    if name == "sgd":
-        return {"type": "SGD", "params": {"lr": lr, "momentum": 0.9}}
-    raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(DEFAULT_LR)}")
+#: Every rule, in the order tables list them.
+RULES = {
+    "sgd": Rule("SGD", "SGD", 1e-2, {"momentum": 0.9}),
+    "rmsprop": Rule("RMSprop", "RMSprop", 1e-3, {"alpha": 0.9}),  # the decay of the paper (and Hinton's)
+    "adam": Rule("Adam", "Adam", 1e-3, {"adam_w_mode": False}),
+    "wame": Rule("WAME", "WAME", 1e-3),
+    "wame_keras": Rule("WAME (Keras code)", "WAME", 1e-3, {"variant": "keras"}),
+    "wame_keras_grad": Rule(
+        "WAME (Keras, gradient sign)", "WAME", 1e-3, {"variant": "keras", "sign_source": "gradient"}
+    ),
+}
+OPTIMIZERS = tuple(RULES)
+DEFAULT_LR = {name: rule.default_lr for name, rule in RULES.items()}
+
+
+def optimizer_block(
+    name: str, lr: float | None = None, params: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The DeepSpeed config "optimizer" block of rule ``name`` at rate ``lr``, with ``params`` (extra
+    keyword arguments of its optimizer, e.g. ``{"nesterov": True}``) over the rule's own."""
+    if name not in RULES:
+        raise BadInput(f"unknown optimizer {name!r}; expected one of {list(RULES)}")
+    rule = RULES[name]
+    lr = rule.default_lr if lr is None else lr
+    return {"type": rule.type, "params": {"lr": lr, **rule.params, **(params or {})}}
 
 
 def needs_untested_flag(block: dict[str, Any]) -> bool:
@@ -56,5 +79,5 @@ def torch_optimizer(block: dict[str, Any], params) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, **options)
     raise BadInput(
         f"optimizer type {block.get('type')!r} is not available under --engine fsdp2; use --optimizer "
-        "wame|adam|rmsprop|sgd or --engine deepspeed"
+        f"{'|'.join(RULES)} or --engine deepspeed"
     )
