@@ -20,8 +20,10 @@ from wame_dist.deepspeed.config import (
     wame_arguments,
 )
 from wame_dist.deepspeed.registration import is_registered
-from wame_dist.training.config import RunConfig
+from wame_dist.report import results as report_results
+from wame_dist.training.config import OptimizerConfig, RunConfig, parse_args
 from wame_dist.training.ds_setup import check_batch, run_deepspeed_config
+from wame_dist.training.optimizers import RULES, optimizer_block, rule_name
 
 WAME_BLOCK = {"type": "WAME", "params": {"lr": 2e-3, "etas": [0.2, 1.5], "zeta_bounds": [0.05, 20.0]}}
 
@@ -58,8 +60,8 @@ def test_wame_block_becomes_constructor_arguments():
 
 def test_unknown_keys_are_listed_with_the_valid_ones():
     with pytest.raises(ConfigError) as raised:
-        wame_arguments({"lr": 1e-3, "betas": [0.9, 0.99]})
-    assert "unknown key(s) ['betas']" in str(raised.value)
+        wame_arguments({"lr": 1e-3, "momentum": 0.9})
+    assert "unknown key(s) ['momentum']" in str(raised.value)
     assert "valid keys are ['lr', 'alpha', 'etas', 'zeta_bounds'" in str(raised.value)
 
 
@@ -137,13 +139,39 @@ def test_run_overrides(tmp_path):
     run = RunConfig(deepspeed_config=str(path), precision="bf16", batch_size=32)
     config = run_deepspeed_config(run, 2)
     assert config["bf16"]["enabled"] and not config["fp16"]["enabled"] and config["train_batch_size"] == 32
-    from wame_dist.training.config import OptimizerConfig
-
     sgd = run_deepspeed_config(
         RunConfig(deepspeed_config=str(path), optimizer=OptimizerConfig("sgd", 0.05)), 1
     )
     assert sgd["optimizer"] == {"type": "SGD", "params": {"lr": 0.05, "momentum": 0.9}}
     assert sgd["zero_allow_untested_optimizer"] is True
+    nesterov = OptimizerConfig("sgd", None, {"nesterov": True, "momentum": 0.8})
+    block = run_deepspeed_config(RunConfig(deepspeed_config=str(path), optimizer=nesterov), 1)["optimizer"]
+    assert block == {"type": "SGD", "params": {"lr": 0.01, "momentum": 0.8, "nesterov": True}}
+    keras = run_deepspeed_config(
+        RunConfig(deepspeed_config=str(path), optimizer=OptimizerConfig("wame_keras")), 1
+    )
+    assert keras["optimizer"] == {"type": "WAME", "params": {"lr": 1e-3, "variant": "keras"}}
+    own_block = OptimizerConfig(None, 0.02, {"eps": 1e-9})  # no --optimizer: the config's block, overridden
+    params = run_deepspeed_config(RunConfig(deepspeed_config=str(path), optimizer=own_block), 1)["optimizer"]
+    assert params["params"] == {**WAME_BLOCK["params"], "lr": 0.02, "eps": 1e-9}
+
+
+def test_optimizer_arguments_on_the_command_line():
+    run = parse_args(["--deepspeed_config", "c.json", "--optimizer", "wame_keras", "--lr-decay", "0.001",
+                      "--optimizer-params", '{"sign_source": "gradient"}'])  # fmt: skip
+    assert run.optimizer == OptimizerConfig("wame_keras", None, {"sign_source": "gradient"}, 0.001)
+    for bad in (["--optimizer-params", "[1]"], ["--optimizer-params", "{x"], ["--lr-decay", "-1"]):
+        with pytest.raises(SystemExit) as exit_:
+            parse_args(["--deepspeed_config", "c.json", *bad])
+        assert exit_.value.code == 2
+
+
+def test_rule_registry_and_report_names_agree():
+    """report/ imports nothing else, so it keeps its own display names: they must be the registry's."""
+    assert {name: rule.display for name, rule in RULES.items()} == report_results.OPTIMIZERS
+    for name in RULES:  # results are keyed by the rule a block trains with
+        assert rule_name(optimizer_block(name, 0.1, {"eps": 1e-9})) == name
+    assert rule_name({"type": "AdamW", "params": {"lr": 1e-3}}) == "adamw"
 
 
 @pytest.mark.parametrize("supported", [True, False])

@@ -13,6 +13,7 @@ from launching import ROOT, VENV_BIN, job_env
 
 from wame_dist.errors import BadInput
 from wame_dist.experiment.results_file import ResultsFile
+from wame_dist.experiment.runner import final_runs
 from wame_dist.experiment.runs import RunSpec, execute, train_command, write_init_weights
 from wame_dist.experiment.study import load_study, make_study
 
@@ -131,6 +132,19 @@ def test_study_files_are_checked(tmp_path):
         assert study.optimizers == OPTIMIZERS and study.dataset == name
     assert load_study(ROOT / "configs" / "studies" / "cifar100.json").epochs == 100
     assert load_study(ROOT / "configs" / "studies" / "mnist.json").seeds == 20
+    variants = load_study(ROOT / "configs" / "studies" / "digits_variants.json")
+    assert variants.optimizers == (*OPTIMIZERS, "wame_keras", "wame_keras_grad")
+    for name in ("mnist", "cifar10", "cifar100"):  # the authors' own settings
+        authors = load_study(ROOT / "configs" / "studies" / f"{name}_authors.json")
+        assert authors.dataset == name and "wame_keras" in authors.optimizers and authors.seeds == 20
+        assert set(authors.lr_decay) == set(authors.optimizers)
+        command = train_command(authors, final_runs(authors)[0], tmp_path)
+        assert command[command.index("--lr-decay") + 1] == repr(authors.lr_decay[authors.optimizers[0]])
+        assert json.loads(command[command.index("--optimizer-params") + 1]) == {"nesterov": True}  # sgd
+    with pytest.raises(BadInput, match="lr_decay of adam must be a number >= 0"):
+        make_study({"lr_decay": {"adam": -1}})
+    with pytest.raises(BadInput, match=r"unknown optimizer\(s\) \['lion'\]"):
+        make_study({"optimizer_params": {"lion": {}}})
     with pytest.raises(BadInput, match=r"unknown key\(s\) \['seedz'\]"):
         make_study({"seedz": 3})
     with pytest.raises(BadInput, match=r"unknown optimizer\(s\) \['lion'\]"):

@@ -21,12 +21,14 @@ from wame_dist.training.init_weights import initial_network, network_settings
 pytestmark = pytest.mark.multirank
 
 FSDP2 = ("--engine", "fsdp2")
+#: The uninterrupted and the resumed run decay their rate (Keras's decay): resuming exactly needs its state.
+DECAY = ("--lr-decay", "0.01")
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp2")
-    run(torchrun(2, TRAIN, *train_args(out, *FSDP2)))
+    run(torchrun(2, TRAIN, *train_args(out, *FSDP2, *DECAY)))
     return out
 
 
@@ -36,6 +38,7 @@ def test_fsdp2_run_trains_and_records(uninterrupted):
     assert metrics(uninterrupted)[-1]["val_acc"] > 0.5
     assert record["key"]["optimizer"] == "wame"
     assert record["settings"]["engine"] == "fsdp2"
+    assert record["settings"]["optimizer"]["lr_decay"] == 0.01
     assert record["settings"]["global_steps"] == EPOCHS * 16  # 1030 training images, batch 64
     assert len((uninterrupted / "metrics.jsonl").read_text().splitlines()) == EPOCHS
     checkpoints = uninterrupted / "checkpoints"
@@ -47,15 +50,15 @@ def test_fsdp2_resumes_exactly_after_a_stop_and_a_crash_mid_save(uninterrupted, 
     """Stopped after epoch 1; started again, it dies writing epoch 2's checkpoint; started once more, it
     resumes from epoch 1 and ends with the uninterrupted run's metrics."""
     out = tmp_path / "run"
-    run(torchrun(2, TRAIN, *train_args(out, *FSDP2, epochs=1)))
+    run(torchrun(2, TRAIN, *train_args(out, *FSDP2, *DECAY, epochs=1)))
     crashed = subprocess.run(
-        torchrun(2, TESTS / "fault_worker.py", "crash-in-save:2", "--", *train_args(out, *FSDP2)),
+        torchrun(2, TESTS / "fault_worker.py", "crash-in-save:2", "--", *train_args(out, *FSDP2, *DECAY)),
         capture_output=True, text=True, timeout=600, env=job_env(), cwd=ROOT,
     )  # fmt: skip
     assert crashed.returncode != 0
     assert (out / "checkpoints" / "latest").read_text() == "epoch0001"
     assert not (out / "checkpoints" / "epoch0002" / "COMPLETE").exists()
-    run(torchrun(2, TRAIN, *train_args(out, *FSDP2)))
+    run(torchrun(2, TRAIN, *train_args(out, *FSDP2, *DECAY)))
     assert metrics(out) == metrics(uninterrupted)
     assert result(out)["settings"]["global_steps"] == result(uninterrupted)["settings"]["global_steps"]
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from launching import ROOT, TESTS, VENV_BIN, job_env, run, torchrun
 
 pytestmark = pytest.mark.multirank
@@ -162,13 +163,24 @@ def test_optimizers_start_from_the_same_init_weights_file(tmp_path):
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
     hashes = {}
-    for optimizer in ("wame", "adam"):
+    # the second rule with Keras's rate decay and its published epsilon given as an optimizer argument
+    extra = {"wame": (), "wame_keras": ("--lr-decay", "0.01", "--optimizer-params", '{"eps": 1e-10}')}
+    for optimizer, options in extra.items():
         out = tmp_path / optimizer
-        proc = single(out, "--optimizer", optimizer, "--init-weights", str(weights))
+        proc = single(out, "--optimizer", optimizer, "--init-weights", str(weights), *options)
         assert proc.returncode == 0, proc.stderr[-3000:]
         hashes[optimizer] = result(out)["init_hash"]
         assert result(out)["key"]["optimizer"] == optimizer
-    assert hashes["wame"] == hashes["adam"] == made.stdout.split()[-1]
+    assert hashes["wame"] == hashes["wame_keras"] == made.stdout.split()[-1]
+    keras = tmp_path / "wame_keras"
+    steps = result(keras)["settings"]["global_steps"]
+    assert result(keras)["settings"]["optimizer"] == {
+        "name": "wame_keras", "lr": None, "params": {"eps": 1e-10}, "lr_decay": 0.01
+    }  # fmt: skip
+    (model_states,) = (keras / "checkpoints").glob("epoch0001/mp_rank_00_model_states.pt")
+    scheduler = torch.load(model_states, weights_only=False)["lr_scheduler"]
+    assert scheduler["last_epoch"] == steps > 0  # DeepSpeed stepped the decay once per optimizer step
+    assert scheduler["_last_lr"] == [pytest.approx(1e-3 / (1 + 0.01 * steps), rel=1e-12)]
 
 
 def assert_refused(proc: subprocess.CompletedProcess, message: str, out: Path) -> None:

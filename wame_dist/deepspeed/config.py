@@ -72,8 +72,8 @@ def wame_arguments(params: dict[str, Any] | None) -> dict[str, Any]:
         raise ConfigError(
             f"unknown key(s) {unknown} in the WAME optimizer block; valid keys are {list(WAME_PARAMS)}"
         )
-    for pair in ("etas", "zeta_bounds"):
-        if pair in params:
+    for pair in ("etas", "zeta_bounds", "betas"):
+        if params.get(pair) is not None:
             params[pair] = tuple(params[pair])
     return params
 

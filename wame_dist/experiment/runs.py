@@ -72,6 +72,11 @@ def train_command(study: StudyConfig, spec: RunSpec, out: Path) -> list[str]:
         "--width", str(study.width),
         "--optimizer", spec.optimizer,
         "--lr", repr(spec.lr),
+        *(["--lr-decay", repr(study.lr_decay[spec.optimizer])] if spec.optimizer in study.lr_decay else []),
+        *(
+            ["--optimizer-params", json.dumps(study.optimizer_params[spec.optimizer])]
+            if spec.optimizer in study.optimizer_params else []
+        ),
         "--batch-size", str(study.batch_size),
         "--epochs", str(epochs),
         "--seed", str(spec.seed),

@@ -4,7 +4,11 @@ Written as JSON (``configs/studies/*.json``); every key is a field of :class:`St
 
     {"dataset": "cifar10", "model": "table1b", "width": 1.0, "seeds": 20, "epochs": 100, "batch_size": 128,
      "optimizers": ["sgd", "rmsprop", "adam", "wame"], "lr": {"wame": 0.001, ...},
+     "lr_decay": {"sgd": 1e-5, ...}, "optimizer_params": {"sgd": {"nesterov": true}},
      "tune": {"grid": {"wame": [0.0003, 0.001, 0.003], ...}, "seeds": 2, "epochs": 20}}
+
+``optimizers`` name rules of :data:`wame_dist.training.optimizers.RULES`; ``lr_decay`` (Keras's rate decay)
+and ``optimizer_params`` (more arguments of a rule's optimizer) apply to the rules they name.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ class StudyConfig:
     epochs: int = 100
     batch_size: int = 128
     lr: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LR))
+    lr_decay: dict[str, float] = field(default_factory=dict)  # optimizer -> Keras decay (training.lr_decay)
+    optimizer_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # optimizer -> more arguments
     tune: TuneConfig = field(default_factory=TuneConfig)
     deepspeed_config: str = "configs/zero2.json"
     data_dir: str | None = None
@@ -91,9 +97,16 @@ def make_study(raw: dict[str, Any], source: str = "study") -> StudyConfig:
 def check(study: StudyConfig, source: str) -> None:
     if study.dataset not in DATASETS:
         raise BadInput(f"{source}: unknown dataset {study.dataset!r}; expected one of {DATASETS}")
-    bad = sorted(set(study.optimizers) - set(OPTIMIZERS)) + sorted(set(study.tune.grid) - set(OPTIMIZERS))
+    named = (study.optimizers, study.tune.grid, study.lr_decay, study.optimizer_params)
+    bad = sorted({name for names in named for name in names} - set(OPTIMIZERS))
     if bad:
         raise BadInput(f"{source}: unknown optimizer(s) {bad}; expected some of {list(OPTIMIZERS)}")
+    for name, decay in study.lr_decay.items():
+        if not isinstance(decay, (int, float)) or not decay >= 0:
+            raise BadInput(f"{source}: lr_decay of {name} must be a number >= 0, not {decay!r}")
+    for name, params in study.optimizer_params.items():
+        if not isinstance(params, dict):
+            raise BadInput(f"{source}: optimizer_params of {name} must be an object, not {params!r}")
     for name, value in (("seeds", study.seeds), ("epochs", study.epochs), ("batch_size", study.batch_size)):
         if not isinstance(value, int) or value < 1:
             raise BadInput(f"{source}: {name} must be a positive integer, not {value!r}")

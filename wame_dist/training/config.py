@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from wame_dist.data import DATASETS
 from wame_dist.deepspeed.checkpoint.safe_load import TRUST_FLAG
@@ -34,6 +36,8 @@ class ModelConfig:
 class OptimizerConfig:
     name: str | None = None  # None: the DeepSpeed config's own "optimizer" block
     lr: float | None = None  # None: the optimizer's documented default (wame_dist.training.optimizers)
+    params: dict[str, Any] | None = None  # more keyword arguments of the optimizer (its block's "params")
+    lr_decay: float = 0.0  # Keras's decay, lr / (1 + lr_decay * steps), for any optimizer (training.lr_decay)
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier (1 = the paper's network)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="default: the config's optimizer")
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument(
+        "--optimizer-params",
+        type=optimizer_params,
+        default=None,
+        help="more arguments of the optimizer as a JSON object, e.g. '{\"nesterov\": true}'",
+    )
+    p.add_argument(
+        "--lr-decay",
+        type=float,
+        default=0.0,
+        help="Keras's rate decay: lr / (1 + lr_decay * optimizer steps), for any optimizer",
+    )
     p.add_argument("--precision", choices=PRECISIONS, default=None, help="default: as the config says")
     p.add_argument("--batch-size", type=int, default=None, help="global batch (default: train_batch_size)")
     p.add_argument("--epochs", type=int, default=10)
@@ -98,14 +114,27 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def optimizer_params(text: str) -> dict[str, Any]:
+    """``--optimizer-params``: a JSON object (argparse reports the ValueError as a usage error)."""
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not valid JSON ({error.msg})") from None
+    if not isinstance(params, dict):
+        raise ValueError("not a JSON object")
+    return params
+
+
 def parse_args(argv: list[str] | None = None) -> RunConfig:
     args = parser().parse_args(argv)
+    if not args.lr_decay >= 0.0:
+        parser().error(f"--lr-decay must be >= 0, not {args.lr_decay}")
     return RunConfig(
         deepspeed_config=args.deepspeed_config,
         engine=args.engine,
         data=DataConfig(args.dataset, args.data_dir, args.download),
         model=ModelConfig(args.model, args.width),
-        optimizer=OptimizerConfig(args.optimizer, args.lr),
+        optimizer=OptimizerConfig(args.optimizer, args.lr, args.optimizer_params, args.lr_decay),
         precision=args.precision,
         batch_size=args.batch_size,
         epochs=args.epochs,

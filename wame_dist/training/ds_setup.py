@@ -13,13 +13,18 @@ def run_deepspeed_config(run: RunConfig, world_size: int) -> dict[str, Any]:
     """Reads ``run.deepspeed_config`` and applies the command line's optimizer, rate, precision and batch."""
     config = read_config(run.deepspeed_config)
     if run.optimizer.name is not None:
-        config["optimizer"] = optimizer_block(run.optimizer.name, run.optimizer.lr)
-    elif run.optimizer.lr is not None:
+        config["optimizer"] = optimizer_block(run.optimizer.name, run.optimizer.lr, run.optimizer.params)
+    elif run.optimizer.lr is not None or run.optimizer.params:
         if "optimizer" not in config:
             raise ConfigError(
-                f"--lr needs an optimizer: add --optimizer or an 'optimizer' block to {run.deepspeed_config}"
+                "--lr and --optimizer-params need an optimizer: add --optimizer or an 'optimizer' block to "
+                f"{run.deepspeed_config}"
             )
-        config["optimizer"].setdefault("params", {})["lr"] = run.optimizer.lr
+        overrides = {
+            **(run.optimizer.params or {}),
+            **({} if run.optimizer.lr is None else {"lr": run.optimizer.lr}),
+        }
+        config["optimizer"].setdefault("params", {}).update(overrides)
     if "optimizer" not in config:
         raise ConfigError(f"{run.deepspeed_config} has no 'optimizer' block; add one or pass --optimizer")
     if needs_untested_flag(config["optimizer"]):

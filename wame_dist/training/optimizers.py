@@ -57,6 +57,19 @@ def optimizer_block(
     return {"type": rule.type, "params": {"lr": lr, **rule.params, **(params or {})}}
 
 
+def rule_name(block: dict[str, Any]) -> str:
+    """The rule an "optimizer" block trains with: the registered rule of its type whose fixed params the
+    block holds (the most specific one: a WAME block with ``"variant": "keras"`` is ``wame_keras``), else
+    the block's type in lower case (e.g. a config's own ``AdamW`` block)."""
+    kind, params = block.get("type", "").lower(), block.get("params", {})
+    matches = [
+        (len(rule.params), name)
+        for name, rule in RULES.items()
+        if rule.type.lower() == kind and all(params.get(k) == v for k, v in rule.params.items())
+    ]
+    return max(matches)[1] if matches else kind
+
+
 def needs_untested_flag(block: dict[str, Any]) -> bool:
     """ZeRO accepts only DeepSpeed's own optimizers unless ``zero_allow_untested_optimizer`` is set."""
     return block.get("type", "").lower() in ("rmsprop", "sgd")

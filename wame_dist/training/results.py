@@ -13,6 +13,7 @@ from typing import Any
 
 from wame_dist import atomic
 from wame_dist.training.config import RunConfig
+from wame_dist.training.optimizers import rule_name
 
 
 class RunRecorder:
@@ -23,7 +24,7 @@ class RunRecorder:
         self.key = {
             "dataset": run.data.dataset,
             "model": run.model_name,
-            "optimizer": optimizer["type"].lower(),
+            "optimizer": rule_name(optimizer),
             "seed": run.seed,
             "lr": optimizer.get("params", {}).get("lr"),
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch.distributed as dist
 
 import wame_dist.deepspeed
 from wame_dist.launch_env import LaunchEnv
+from wame_dist.training import lr_decay
 from wame_dist.training.config import RunConfig
 from wame_dist.training.ds_setup import micro_batch_size, run_deepspeed_config
 
@@ -25,10 +27,14 @@ class DeepSpeedEngine:
         self.optimizer_block = self.config["optimizer"]
         self.micro_batch = micro_batch_size(self.config, world)
         self.compile = run.compile
+        self.lr_decay = run.optimizer.lr_decay
 
     def build(self, model: torch.nn.Module) -> None:
+        """DeepSpeed's engine; a Keras rate decay is its client scheduler (stepped by DeepSpeed after each
+        optimizer step it takes, and saved in its checkpoints)."""
+        decay = functools.partial(lr_decay.scheduler, decay=self.lr_decay) if self.lr_decay else None
         self.engine, *_ = wame_dist.deepspeed.initialize(
-            model=model, model_parameters=model.parameters(), config=self.config
+            model=model, model_parameters=model.parameters(), config=self.config, lr_scheduler=decay
         )
         if self.compile:
             self.engine.compile()  # torch.compile under DeepSpeed's hooks

@@ -21,6 +21,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from wame_dist import atomic
 from wame_dist.deepspeed.config import ConfigError
 from wame_dist.launch_env import LaunchEnv
+from wame_dist.training import lr_decay
 from wame_dist.training.checkpoints import CLIENT_STATE
 from wame_dist.training.config import RunConfig
 from wame_dist.training.ds_setup import micro_batch_size, run_deepspeed_config
@@ -44,6 +45,7 @@ class FSDP2Engine:
             param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32 if bf16 else None
         )
         self.compile = run.compile
+        self.lr_decay = run.optimizer.lr_decay
         self.global_steps = 0
 
     def build(self, model: torch.nn.Module) -> None:
@@ -52,6 +54,7 @@ class FSDP2Engine:
         if self.compile:
             self.model.compile()
         self.optimizer = torch_optimizer(self.optimizer_block, self.model.parameters())
+        self.scheduler = lr_decay.scheduler(self.optimizer, self.lr_decay) if self.lr_decay else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)  # bf16: FSDP2 casts the inputs to the parameters' dtype
@@ -66,6 +69,8 @@ class FSDP2Engine:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
         self.global_steps += 1
 
     def save(self, path: Path, client_state: dict[str, Any]) -> None:
@@ -75,6 +80,8 @@ class FSDP2Engine:
         dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=path)
         if dist.get_rank() == 0:
             saved = {**client_state, "global_steps": self.global_steps, "world_size": dist.get_world_size()}
+            if self.scheduler is not None:
+                saved["lr_scheduler"] = self.scheduler.state_dict()
             atomic.torch_save(saved, path / CLIENT_STATE)
 
     def load(self, path: Path) -> dict[str, Any]:
@@ -87,6 +94,8 @@ class FSDP2Engine:
         )
         client_state = torch.load(path / CLIENT_STATE, map_location="cpu", weights_only=False)
         self.global_steps = client_state["global_steps"]
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(client_state["lr_scheduler"])
         return client_state
 
 
