@@ -42,11 +42,13 @@ ZERO = {
 }
 
 
-def ds_config(zero: str, **extra) -> dict:
+def ds_config(zero: str, variant: str = "algorithm1", **extra) -> dict:
+    """The config of a run under ``ZERO[zero]``; ``variant="keras"`` names it in the WAME block."""
+    params = {"lr": LR, **({"variant": variant} if variant != "algorithm1" else {})}
     return {
         "train_batch_size": GLOBAL_BATCH,
         "gradient_clipping": 0.0,  # DeepSpeed clips at 1.0 unless told otherwise
-        "optimizer": {"type": "WAME", "params": {"lr": LR}},
+        "optimizer": {"type": "WAME", "params": params},
         "zero_optimization": ZERO[zero],
         "steps_per_print": 10**9,
         **extra,
@@ -84,11 +86,11 @@ def global_batches(steps: int, batch: int = GLOBAL_BATCH) -> list[torch.Tensor]:
     return [torch.tensor(order[k * batch : (k + 1) * batch]) for k in range(steps)]
 
 
-def reference_run(steps: int, clip: float = 0.0) -> tuple[dict, dict]:
+def reference_run(steps: int, clip: float = 0.0, variant: str = "algorithm1") -> tuple[dict, dict]:
     """Plain WAME, one process, the same global batches: final parameters and state by parameter name."""
     images, labels = data()
     model = make_model()
-    optimizer = WAME(model.parameters(), lr=LR)
+    optimizer = WAME(model.parameters(), lr=LR, variant=variant)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the ranks: a multi-threaded backward sums in another order
     try:
@@ -162,13 +164,16 @@ def save(out: Path, name: str, result: dict) -> None:
         torch.save(result, out / f"{name}.pt")
 
 
-def scenario_train(out: Path, configs, steps=20, clip=0.0, accumulation=1, suffix="") -> None:
-    """fp32 training under each ZeRO config (optionally with clipping or gradient accumulation)."""
+def scenario_train(
+    out: Path, configs, steps=20, clip=0.0, accumulation=1, suffix="", variant="algorithm1"
+) -> None:
+    """fp32 training under each ZeRO config (optionally with clipping, gradient accumulation, or WAME's
+    Keras variant named in the config's block)."""
     extra = {"gradient_clipping": clip}
     if accumulation > 1:
         extra["gradient_accumulation_steps"] = accumulation
     for zero in configs:
-        trainer = Trainer(ds_config(zero, **extra))
+        trainer = Trainer(ds_config(zero, variant, **extra))
         for _ in range(steps):
             trainer.step()
         save(out, f"{zero}{suffix}", trainer.snapshot())

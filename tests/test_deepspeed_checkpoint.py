@@ -54,6 +54,7 @@ FP32 = {
     **{name: ds_config(name) for name in ("zero1", "zero2", "zero3", "zero3_offload")},
     # round-robin gradient partitioning and parameter alignment change the flat order with the world size
     "zero2_round_robin": with_zero("zero2", round_robin_gradients=True, parameter_alignment=True),
+    "zero3_keras": ds_config("zero3", "keras"),  # WAME's Keras variant: its groups' settings travel too
 }
 MIXED = {
     # bf16 ZeRO-2 (ZeRO optimizer, bf16_ files), bf16 ZeRO-1 with fp32 accumulation (BF16_Optimizer)

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.multirank
 STEPS = 20
 PARAM_TOLERANCE = 1e-5
 MIXED = ["zero1", "zero2", "zero3"]
+KERAS = ["zero2", "zero3_offload"]  # WAME(variant="keras") named in the config's block
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,7 @@ def two_ranks(tmp_path_factory):
             "train",
             {"configs": ["zero2", "zero3_offload"], "steps": STEPS, "accumulation": 2, "suffix": "_gas2"},
         ],
+        ["train", {"configs": KERAS, "steps": STEPS, "variant": "keras", "suffix": "_keras"}],
         ["mixed", {"configs": MIXED}],
         ["checkpoint", {"configs": ["zero1", "zero2", "zero3", "zero3_offload"], "ckpt": str(out / "ckpt")}],
     ]
@@ -39,7 +41,11 @@ def two_ranks(tmp_path_factory):
 @pytest.fixture(scope="module")
 def four_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ranks4")
-    return run_worker(4, out, [["train", {"configs": list(ZERO), "steps": STEPS}]])
+    plan = [
+        ["train", {"configs": list(ZERO), "steps": STEPS}],
+        ["train", {"configs": KERAS, "steps": STEPS, "variant": "keras", "suffix": "_keras"}],
+    ]
+    return run_worker(4, out, plan)
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +88,13 @@ def test_each_rank_holds_only_its_partition(zero, two_ranks, four_ranks):
         padding_bound = 13 * (2 * n if zero in ("zero1", "zero2", "zero2_offload") else n * n_tensors)
         for got in per_rank:
             assert full_state / n <= got <= full_state / n + padding_bound
+
+
+@pytest.mark.parametrize("zero", KERAS)
+@pytest.mark.parametrize("ranks", ["two_ranks", "four_ranks"])
+def test_keras_variant_sharded_equals_one_process(ranks, zero, request):
+    reference = reference_run(STEPS, variant="keras")
+    assert_matches_reference(load(request.getfixturevalue(ranks), f"{zero}_keras"), reference)
 
 
 def test_gradient_clipping_matches_clipped_reference(two_ranks):
