@@ -75,6 +75,7 @@ def test_tuned_rates_are_chosen_on_validation_and_used(study_dir):
         scores = tuned["mean_best_val_acc"][name]
         assert tuned["chosen"][name] == max((1e-3, 1e-2), key=lambda lr: scores[repr(lr)])
         assert {r["key"]["lr"] for r in final if r["key"]["optimizer"] == name} == {tuned["chosen"][name]}
+    assert tuned["on_grid_edge"] == list(OPTIMIZERS)  # a grid of two rates has no inside
 
 
 def test_report_is_written(study_dir):

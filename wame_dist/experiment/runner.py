@@ -91,10 +91,15 @@ def tune(study: StudyConfig, out: Path, parallel: int, progress: Progress) -> di
             ]
             scores[name][repr(lr)] = statistics.mean(best)
         chosen[name] = max(rates, key=lambda lr: scores[name][repr(lr)])
-    atomic.write_text(
-        out / "tuned_lr.json", json.dumps({"chosen": chosen, "mean_best_val_acc": scores}, indent=1)
-    )
+    # a best rate at either end of its grid may not be the best rate: widen that grid and run again
+    on_edge = [
+        name for name, rates in grid.items() if len(rates) > 1 and chosen[name] in (min(rates), max(rates))
+    ]
+    tuned = {"chosen": chosen, "mean_best_val_acc": scores, "on_grid_edge": on_edge}
+    atomic.write_text(out / "tuned_lr.json", json.dumps(tuned, indent=1))
     progress.log("tuned learning rates: " + ", ".join(f"{k} {v:g}" for k, v in chosen.items()))
+    if on_edge:
+        progress.log(f"warning: the best rate of {', '.join(on_edge)} is at an end of its grid; widen it")
     return chosen
 
 
