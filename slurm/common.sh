@@ -5,7 +5,7 @@
 #
 # A run is set by environment variables, all optional (sbatch passes the submitting shell's environment):
 #   DATASET       digits, mnist, cifar10 or cifar100                 [the template's]
-#   OPTIMIZER     wame, adam, rmsprop or sgd                          [wame]
+#   OPTIMIZER     a rule of wame_dist.training.optimizers.RULES       [wame]
 #   SEED          initial weights, data order and dropout             [0]
 #   LR            learning rate                                       [the optimizer's documented default]
 #   EPOCHS        [100]    BATCH_SIZE  global batch [128]    WIDTH  channel multiplier [1.0]
@@ -50,9 +50,12 @@ wame_single_run() {
     deepspeed | fsdp2) ;;
     *) wame_die "unknown engine '$engine' (ENGINE): use deepspeed or fsdp2" ;;
   esac
-  case $optimizer in
-    wame | adam | rmsprop | sgd) ;;
-    *) wame_die "unknown optimizer '$optimizer' (OPTIMIZER): use wame, adam, rmsprop or sgd" ;;
+  local rules  # the update rules of wame_dist's one registry
+  rules=$("$PYTHON" -c 'from wame_dist.training.optimizers import RULES; print(*RULES)') ||
+    wame_die "cannot import wame_dist with $PYTHON: install the project there (scripts/env.sh)"
+  case " $rules " in
+    *" $optimizer "*) ;;
+    *) wame_die "unknown optimizer '$optimizer' (OPTIMIZER): use one of: $rules" ;;
   esac
   case $dataset in
     digits) ;;

@@ -153,7 +153,11 @@ def test_interrupted_run_ends_as_the_uninterrupted_one(slurm_cluster, jobs):
     "name, message",
     [
         ("no data", "data folder '{tmp}/none' of cifar10 does not exist (DATA_DIR)"),
-        ("bad optimizer", "unknown optimizer 'adagrad' (OPTIMIZER): use wame, adam, rmsprop or sgd"),
+        (
+            "bad optimizer",
+            "unknown optimizer 'adagrad' (OPTIMIZER): use one of: "
+            "sgd rmsprop adam wame wame_keras wame_keras_grad",
+        ),
         ("no weights", "initial weights '{tmp}/seed0.pt' of seed 0 do not exist (INIT_WEIGHTS)"),
     ],
 )
