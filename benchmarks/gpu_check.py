@@ -5,12 +5,12 @@
 
 1. **Correctness**: ``WAME(fused=True)`` (the Triton kernel on CUDA) against the single-tensor rule on the
    same device, 50 steps of fixed random gradients over tensors of awkward sizes, every option (fp32 and
-   bf16 parameters, both denominators, maximize, L2 and decoupled weight decay). fp32: ``prev_sign`` and
-   ``zeta`` equal after 50 steps, the other tensors within ``TOLERANCE``. bf16: ``prev_sign`` equal, and
-   each step, started from the same state, within ``TOLERANCE`` (bf16 storage rounds every step, so two
-   correct paths drift apart over many steps: the drift of both from an independent float64 transcription
-   of Algorithm 1, ``tests/reference_wame.py``, is printed). State dtypes: ``prev_sign`` int8, the rest the
-   parameter's dtype.
+   bf16 parameters, both denominators, maximize, L2 and decoupled weight decay, the Keras variant). fp32:
+   ``prev_sign`` and ``zeta`` equal after 50 steps, the other tensors within ``TOLERANCE``. bf16:
+   ``prev_sign`` equal, and each step, started from the same state, within ``TOLERANCE`` (bf16 storage
+   rounds every step, so two correct paths drift apart over many steps: the drift of both from an
+   independent float64 transcription of Algorithm 1 or of the Keras code, ``tests/reference_wame.py``, is
+   printed). State dtypes: ``prev_sign`` int8, the rest the parameter's dtype.
 2. **Optimizer step**: 20M and 200M fp32 parameters as one tensor and as 200 tensors; WAME fused and
    foreach against torch's fused and foreach Adam, interleaved round by round; median ms/step, GB/s
    (WAME moves 38 B/param, Adam 28) and % of the device's copy bandwidth measured in the same run.
@@ -56,7 +56,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "launch")]
 
-from reference_wame import ReferenceWAME  # noqa: E402 (tests/: the independent float64 transcription)
+from reference_wame import ReferenceKerasWAME, ReferenceWAME  # noqa: E402 (tests/: float64 transcriptions)
 
 from wame_dist import WAME, atomic  # noqa: E402
 from wame_dist.optim.wame import wame as wame_functional  # noqa: E402
@@ -155,6 +155,8 @@ CASES = {
     "maximize": {"maximize": True},
     "L2 decay": {"weight_decay": 0.01},
     "decoupled decay": {"weight_decay": 0.01, "decoupled_weight_decay": True},
+    "keras (published)": {"variant": "keras"},
+    "keras, gradient sign, decay": {"variant": "keras", "sign_source": "gradient", "decay": 1e-3},
 }
 
 
@@ -173,13 +175,15 @@ def run_wame(weights: list[torch.Tensor], grads: list[list[torch.Tensor]], **opt
 def reference_run(
     weights: list[torch.Tensor], grads: list[list[torch.Tensor]], **options
 ) -> list[list[float]]:
-    kw = {"lr": options.get("lr", 1e-2), "weight_decay": options.get("weight_decay", 0.0)}
-    kw |= {
-        "decoupled": options.get("decoupled_weight_decay", False),
-        "maximize": options.get("maximize", False),
-    }
-    refs = [ReferenceWAME(w.double().cpu().tolist(), literal=options.get("denominator") == "literal", **kw)
-            for w in weights]  # fmt: skip
+    kw = {"lr": options.get("lr", 1e-2), "maximize": options.get("maximize", False)}
+    if options.get("variant") == "keras":
+        kw |= {"decay": options.get("decay", 0.0), "sign_source": options.get("sign_source", "weight")}
+        refs = [ReferenceKerasWAME(w.double().cpu().tolist(), **kw) for w in weights]
+    else:
+        kw |= {"weight_decay": options.get("weight_decay", 0.0)}
+        kw |= {"decoupled": options.get("decoupled_weight_decay", False)}
+        literal = options.get("denominator") == "literal"
+        refs = [ReferenceWAME(w.double().cpu().tolist(), literal=literal, **kw) for w in weights]
     for step_grads in grads:
         for ref, g in zip(refs, step_grads):
             ref.step(g.double().cpu().tolist())
@@ -212,20 +216,22 @@ def stepwise(weights, grads, options) -> float:
         "eta_plus": group["etas"][1],
     }
     hyper |= {"zeta_min": group["zeta_bounds"][0], "zeta_max": group["zeta_bounds"][1]}
+    hyper |= {k: group[k] for k in ("variant", "sign_source", "betas", "decay")}
+    initial_z = 1.0 if group["variant"] == "keras" else 0.0
     state = [
         [w.clone() for w in weights],
         [torch.zeros_like(w, dtype=torch.int8) for w in weights],
         [torch.ones_like(w) for w in weights],
-        [torch.zeros_like(w) for w in weights],
+        [torch.full_like(w, initial_z) for w in weights],
         [torch.zeros_like(w) for w in weights],
     ]
     worst = 0.0
-    for step_grads in grads:
+    for done, step_grads in enumerate(grads):
         a = [[t.clone() for t in ts] for ts in state]
         b = [[t.clone() for t in ts] for ts in state]
-        steps = [torch.zeros(()) for _ in weights]
-        wame_functional(a[0], step_grads, *a[1:], steps, foreach=False, fused=False, **hyper)
-        wame_functional(b[0], step_grads, *b[1:], steps, fused=True, **hyper)
+        a_steps, b_steps = ([torch.tensor(float(done)) for _ in weights] for _ in range(2))
+        wame_functional(a[0], step_grads, *a[1:], a_steps, foreach=False, fused=False, **hyper)
+        wame_functional(b[0], step_grads, *b[1:], b_steps, fused=True, **hyper)
         if not all(torch.equal(x, y) for x, y in zip(a[1], b[1])):
             return float("inf")
         used = (tolerance_used(y, x, *TOLERANCE[dtype]) for xs, ys in zip(a, b) for x, y in zip(xs, ys))

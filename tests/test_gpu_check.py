@@ -26,7 +26,7 @@ def test_gpu_check_dry_run_passes_every_section(tmp_path: Path) -> None:
     verdicts += [
         line.rsplit("|", 2)[-2].strip() for line in text.splitlines() if line.startswith("| bfloat16 |")
     ]
-    assert verdicts == ["ok"] * 10, text  # 2 dtypes x 5 cases
+    assert verdicts == ["ok"] * 14, text  # 2 dtypes x 7 cases (5 of Algorithm 1, 2 of the Keras variant)
     assert "| DeepSpeed, no ZeRO, 1 rank |" in text and "| ZeRO-2, 1 rank |" in text
     assert "Failed checks: none" in text
 
