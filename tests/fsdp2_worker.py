@@ -144,18 +144,19 @@ def checkpoints(out: Path, resume: Path | None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
-    parser.add_argument("--dcp", action="store_true")
+    parser.add_argument("--train", action="store_true", help="every implementation, bf16, misuse")
+    parser.add_argument("--dcp", action="store_true", help="DCP checkpoints: save, or load --resume")
     parser.add_argument("--resume", type=Path, default=None)
     args = parser.parse_args()
     dist.init_process_group("gloo")
-    if args.dcp:
-        checkpoints(args.out, args.resume)
-    else:
+    if args.train:
         for name, flags in IMPLEMENTATIONS.items():
             train(args.out, name, flags)
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         train(args.out, "bf16", {}, policy)
         built_before_sharding(args.out)
+    if args.dcp:
+        checkpoints(args.out, args.resume)
     dist.barrier()
     dist.destroy_process_group()
 

@@ -19,11 +19,27 @@ pytestmark = pytest.mark.multirank
 PARAM_TOLERANCE = 1e-5
 
 
-@pytest.fixture(scope="module", params=[2, 4], ids=["2ranks", "4ranks"])
-def ranks_out(request, tmp_path_factory):
-    out = tmp_path_factory.mktemp(f"fsdp2_{request.param}")
-    run(torchrun(request.param, TESTS / "fsdp2_worker.py", str(out)), timeout=900)
-    return out
+@pytest.fixture(scope="module")
+def launches(tmp_path_factory):
+    """Three launches. 2 ranks: every implementation, bf16 and the misuse check, then a DCP checkpoint saved
+    and resumed on 2; 4 ranks: the same training, and that checkpoint resharded to 4 (and re-saved); 1 rank:
+    the 4-rank checkpoint resharded to 1."""
+    outs, previous = {}, None
+    for ranks, train in ((2, True), (4, True), (1, False)):
+        out = tmp_path_factory.mktemp(f"fsdp2_{ranks}")
+        options = [
+            *(["--train"] if train else []),
+            "--dcp",
+            *(["--resume", str(previous)] if previous else []),
+        ]
+        run(torchrun(ranks, TESTS / "fsdp2_worker.py", str(out), *options), timeout=900)
+        outs[ranks] = previous = out
+    return outs
+
+
+@pytest.fixture(params=[2, 4], ids=["2ranks", "4ranks"])
+def ranks_out(request, launches):
+    return launches[request.param]
 
 
 @pytest.fixture(scope="module")
@@ -31,17 +47,10 @@ def reference():
     return reference_run(STEPS)
 
 
-@pytest.fixture(scope="module")
-def dcp_hops(tmp_path_factory):
+@pytest.fixture
+def dcp_hops(launches):
     """DCP checkpoints: saved by 2 ranks, resumed on 2; resharded to 4 ranks, then to 1 (each re-saved)."""
-    hops = {}
-    previous = None
-    for ranks in (2, 4, 1):
-        out = tmp_path_factory.mktemp(f"dcp{ranks}")
-        resume = ["--resume", str(previous)] if previous else []
-        run(torchrun(ranks, TESTS / "fsdp2_worker.py", str(out), "--dcp", *resume), timeout=900)
-        hops[ranks] = previous = out
-    return hops
+    return launches
 
 
 def load(out, name):
