@@ -50,9 +50,10 @@ wame_single_run() {
     deepspeed | fsdp2) ;;
     *) wame_die "unknown engine '$engine' (ENGINE): use deepspeed or fsdp2" ;;
   esac
-  local rules  # the update rules of wame_dist's one registry
-  rules=$("$PYTHON" -c 'from wame_dist.training.optimizers import RULES; print(*RULES)') ||
-    wame_die "cannot import wame_dist with $PYTHON: install the project there (scripts/env.sh)"
+  local rules  # the update rules of wame_dist's one registry (its own line: imports may print too)
+  rules=$("$PYTHON" -c 'from wame_dist.training.optimizers import RULES; print("rules:", *RULES)' 2>/dev/null |
+    sed -n 's/^rules: //p')
+  [ -n "$rules" ] || wame_die "cannot import wame_dist with $PYTHON: install the project there (scripts/env.sh)"
   case " $rules " in
     *" $optimizer "*) ;;
     *) wame_die "unknown optimizer '$optimizer' (OPTIMIZER): use one of: $rules" ;;
