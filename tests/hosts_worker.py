@@ -180,7 +180,7 @@ def scenario_deepspeed(out: Path, runs: list[str], steps: int = STEPS) -> None:
         save(out, f"deepspeed_{name}", report(engine))
         log(f"deepspeed {name}")
     for name, params in {
-        "bad_key": {"lr": LR, "betas": [0.9, 0.99]},
+        "bad_key": {"lr": LR, "momentum": 0.9},
         "bad_value": {"alpha": 1.5},
     }.items():
         config = ds_config(ZERO["zero2"])

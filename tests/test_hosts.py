@@ -136,7 +136,7 @@ def test_without_register_deepspeed_refuses_and_the_check_says_what_to_do(result
 
 
 def test_bad_wame_blocks_fail_at_initialize_with_the_usual_messages(results):
-    assert results["deepspeed_bad_key"].startswith("ConfigError: unknown key(s) ['betas'] in the WAME")
+    assert results["deepspeed_bad_key"].startswith("ConfigError: unknown key(s) ['momentum'] in the WAME")
     assert results["deepspeed_bad_value"] == (
         "ConfigError: the WAME optimizer block of the DeepSpeed config: WAME: invalid alpha=1.5; "
         "expected 0 <= alpha < 1"
