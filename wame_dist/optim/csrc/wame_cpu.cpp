@@ -34,7 +34,7 @@ struct Hyper {
 
 enum Decay { kNoDecay = 0, kL2 = 1, kDecoupled = 2 };
 
-template <typename T, bool kMaximize, int kDecay, bool kLiteral, bool kKeras>
+template <typename T, bool kMaximize, int kDecay, bool kLiteral, bool kKeras, bool kWeightSign>
 void wame_range(T* __restrict__ w, const T* __restrict__ g, int8_t* __restrict__ prev, T* __restrict__ zeta,
                 T* __restrict__ z, T* __restrict__ theta, int64_t begin, int64_t end, const Hyper& h) {
   using A = at::opmath_type<T>;
@@ -46,11 +46,11 @@ void wame_range(T* __restrict__ w, const T* __restrict__ g, int8_t* __restrict__
   const A zeta_min = static_cast<A>(h.zeta_min), zeta_max = static_cast<A>(h.zeta_max);
   const A eps = static_cast<A>(h.eps), neg_step_size = static_cast<A>(-h.step_size);
   const A inv_grad_scale = static_cast<A>(h.inv_grad_scale);
-  const bool weight_sign = h.weight_sign;
   for (int64_t i = begin; i < end; ++i) {
     A grad = static_cast<A>(g[i]) * inv_grad_scale;
     A weight = static_cast<A>(w[i]);
-    const A weight_before_sign = static_cast<A>(weight > A(0)) - static_cast<A>(weight < A(0));  // sign(param)
+    A weight_before_sign = A(0);  // sign(param) before any decay: only the weight-sign variant reads it
+    if (kWeightSign) weight_before_sign = static_cast<A>(weight > A(0)) - static_cast<A>(weight < A(0));
     if (kMaximize) grad = -grad;
     if (kDecay == kL2) grad = std::fma(weight, wd, grad);   // grad.add(param, alpha=wd)
     if (kDecay == kDecoupled) weight = weight * decay;      // param.mul_(1 - lr * wd)
@@ -79,7 +79,7 @@ void wame_range(T* __restrict__ w, const T* __restrict__ g, int8_t* __restrict__
     const A denom = (kLiteral ? th : std::sqrt(th)) + eps;  // theta(.sqrt()).add(eps)
     weight = weight + neg_step_size * (factor * grad) / denom;  // param.addcdiv_(factor * grad, denom, -step_size)
     w[i] = static_cast<T>(weight);
-    prev[i] = static_cast<int8_t>(weight_sign ? weight_before_sign : sign);
+    prev[i] = static_cast<int8_t>(kWeightSign ? weight_before_sign : sign);
     zeta[i] = static_cast<T>(zt);
     z[i] = static_cast<T>(zz);
     theta[i] = static_cast<T>(th);
@@ -91,12 +91,14 @@ void wame_tensor_decay(T* w, const T* g, int8_t* prev, T* zeta, T* z, T* theta, 
                        bool literal, bool keras) {
   // Grains of 64 KiB elements: large enough to amortise thread wake-up, small enough to balance.
   at::parallel_for(0, n, 1 << 16, [&](int64_t begin, int64_t end) {
-    if (keras) {
-      wame_range<T, kMaximize, kDecay, false, true>(w, g, prev, zeta, z, theta, begin, end, h);
+    if (keras && h.weight_sign) {
+      wame_range<T, kMaximize, kDecay, false, true, true>(w, g, prev, zeta, z, theta, begin, end, h);
+    } else if (keras) {
+      wame_range<T, kMaximize, kDecay, false, true, false>(w, g, prev, zeta, z, theta, begin, end, h);
     } else if (literal) {
-      wame_range<T, kMaximize, kDecay, true, false>(w, g, prev, zeta, z, theta, begin, end, h);
+      wame_range<T, kMaximize, kDecay, true, false, false>(w, g, prev, zeta, z, theta, begin, end, h);
     } else {
-      wame_range<T, kMaximize, kDecay, false, false>(w, g, prev, zeta, z, theta, begin, end, h);
+      wame_range<T, kMaximize, kDecay, false, false, false>(w, g, prev, zeta, z, theta, begin, end, h);
     }
   });
 }
