@@ -47,12 +47,6 @@ def reference():
     return reference_run(STEPS)
 
 
-@pytest.fixture
-def dcp_hops(launches):
-    """DCP checkpoints: saved by 2 ranks, resumed on 2; resharded to 4 ranks, then to 1 (each re-saved)."""
-    return launches
-
-
 def load(out, name):
     return torch.load(out / f"{name}.pt", weights_only=False)
 
@@ -101,24 +95,24 @@ def assert_same_run(result, expected, tolerance=0.0):
     assert result["wame_steps"] == expected["wame_steps"] == [STEPS]
 
 
-def test_dcp_initialisation_step_changes_nothing(dcp_hops):
+def test_dcp_initialisation_step_changes_nothing(launches):
     """get_state_dict on a fresh WAME runs DCP's step with zero gradients and lr 0: state as if fresh."""
-    fresh = load(dcp_hops[2], "fresh_after_init")
+    fresh = load(launches[2], "fresh_after_init")
     assert fresh["wame_steps"] == [0]
     for name, state in fresh["state"].items():
         assert not state["prev_sign"].any() and not state["z"].any() and not state["theta"].any(), name
         assert torch.equal(state["zeta"], torch.ones_like(state["zeta"])), name
 
 
-def test_dcp_resume_on_the_same_world_size_is_bitwise(dcp_hops):
-    assert_same_run(load(dcp_hops[2], "resumed"), load(dcp_hops[2], "uninterrupted"))
+def test_dcp_resume_on_the_same_world_size_is_bitwise(launches):
+    assert_same_run(load(launches[2], "resumed"), load(launches[2], "uninterrupted"))
 
 
 @pytest.mark.parametrize("ranks", [4, 1])
-def test_dcp_reshards_wame_state(dcp_hops, ranks):
+def test_dcp_reshards_wame_state(launches, ranks):
     """2 -> 4 -> 1 ranks: each hop ends where the uninterrupted 2-rank run ends (another world size sums
     the gradients in another order: the ZeRO tolerances), prev_sign still int8."""
-    assert_same_run(load(dcp_hops[ranks], "resumed"), load(dcp_hops[2], "uninterrupted"), PARAM_TOLERANCE)
+    assert_same_run(load(launches[ranks], "resumed"), load(launches[2], "uninterrupted"), PARAM_TOLERANCE)
 
 
 MIXED_LIST_CHECK = textwrap.dedent(
