@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from wame_dist.models import build_model, count_parameters
+from wame_dist.models import SampleDropout, build_model, count_parameters, set_samples
+from wame_dist.models.dropout import lowbias32
 
 
 def conv(c_in: int, c_out: int, k: int) -> int:
@@ -81,6 +82,7 @@ def layer_kinds(model: nn.Module) -> list[str]:
         nn.ReLU: "relu",
         nn.MaxPool2d: "pool",
         nn.Dropout: "dropout",
+        SampleDropout: "dropout",
         nn.Linear: "dense",
     }
     names |= {nn.Flatten: "flatten", nn.AdaptiveAvgPool2d: "gap"}
@@ -140,3 +142,91 @@ def test_bad_names_and_widths_are_refused() -> None:
         build_model("resnet", num_classes=10, in_channels=3)
     with pytest.raises(ValueError, match="width must be positive"):
         build_model("table1a", num_classes=10, in_channels=1, width=0)
+
+
+# --- SampleDropout: masks keyed by the sample, not the rank ---
+
+
+def lowbias32_reference(x: int) -> int:
+    """Wellons' lowbias32 on Python integers (the oracle for the int64 tensor version)."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def test_lowbias32_matches_the_integer_definition_over_the_whole_32_bit_range() -> None:
+    values = [0, 1, 2, 0x7FFFFFFF, 0x80000000, 0xDEADBEEF, 0xFFFFFFFE, 0xFFFFFFFF]
+    values += torch.randint(0, 2**32, (2000,), generator=torch.Generator().manual_seed(0)).tolist()
+    got = lowbias32(torch.tensor(values, dtype=torch.int64)).tolist()
+    assert got == [lowbias32_reference(v) for v in values]
+
+
+def keyed(p: float = 0.5, *, layer: int = 0) -> SampleDropout:
+    module = SampleDropout(p, layer=layer)
+    module.train()
+    return module
+
+
+def test_a_samples_mask_does_not_depend_on_its_batch_or_position() -> None:
+    """What makes runs world-size independent: 8 samples as one batch, as two halves (two ranks), or
+    reversed give each sample the same mask."""
+    x = torch.ones(8, 3, 4, 4)
+    indices = torch.tensor([5, 17, 2, 40, 41, 9, 1000, 3])
+    whole = keyed()
+    whole.set_keys(seed=7, epoch=2, indices=indices)
+    together = whole(x)
+    halves = []
+    for part in (slice(0, 4), slice(4, 8)):
+        rank = keyed()
+        rank.set_keys(seed=7, epoch=2, indices=indices[part])
+        halves.append(rank(x[part]))
+    assert torch.equal(torch.cat(halves), together)
+    flipped = keyed()
+    flipped.set_keys(seed=7, epoch=2, indices=indices.flip(0))
+    assert torch.equal(flipped(x).flip(0), together)
+
+
+def test_masks_drop_p_of_the_elements_scale_the_rest_and_change_with_seed_epoch_layer() -> None:
+    x = torch.ones(64, 1024)
+    indices = torch.arange(64)
+    masks = {}
+    for name, (seed, epoch, layer) in {
+        "base": (0, 1, 0),
+        "seed": (1, 1, 0),
+        "epoch": (0, 2, 0),
+        "layer": (0, 1, 1),
+    }.items():
+        module = keyed(0.3, layer=layer)
+        module.set_keys(seed, epoch, indices)
+        out = module(x)
+        assert set(out.unique().tolist()) <= {0.0, torch.tensor(1 / 0.7).item()}  # float32's 1/0.7
+        # 65,536 Bernoulli(0.3) draws: standard deviation 0.0018, so 0.01 is over 5 sigma
+        assert abs((out == 0).float().mean().item() - 0.3) < 0.01
+        masks[name] = out != 0
+    for name in ("seed", "epoch", "layer"):
+        agreement = (masks[name] == masks["base"]).float().mean().item()
+        assert abs(agreement - (0.7**2 + 0.3**2)) < 0.01  # independent masks agree on 58% by chance
+
+
+def test_unkeyed_it_is_nn_dropout_and_eval_is_the_identity() -> None:
+    x = torch.randn(4, 10)
+    module = keyed(0.5)
+    torch.manual_seed(3)
+    expected = nn.functional.dropout(x, 0.5, training=True)
+    torch.manual_seed(3)
+    assert torch.equal(module(x), expected)
+    module.set_keys(0, 1, torch.arange(4))
+    module.eval()
+    assert torch.equal(module(x), x)
+
+
+def test_a_batch_of_another_size_than_its_keys_is_refused() -> None:
+    model = build_model("table1a", num_classes=10, in_channels=1, width=0.125)
+    model.train()
+    set_samples(model, seed=0, epoch=1, indices=torch.arange(3))
+    with pytest.raises(RuntimeError, match="keyed for 3 samples but got a batch of 2"):
+        model(torch.randn(2, 1, 28, 28))
+    set_samples(model, seed=0, epoch=1, indices=None)
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)

@@ -287,3 +287,61 @@ def test_aligned_ranks_refuse_too_little_data() -> None:
         friedman_aligned_ranks([[0.9, 0.8, 0.7]])
     with pytest.raises(ValueError, match="finite"):
         friedman_aligned_ranks([[0.9, math.nan], [0.8, 0.7]])
+
+
+# --- the environment: printed under Table 2, never silently mixed ---
+
+
+def environment(signature: str, host: str, world_size: int) -> dict:
+    """An ``environment`` record as wame_dist.provenance writes it (the fields the report reads)."""
+    return {
+        "signature": signature,
+        "machine": {"host": host},
+        "launch": {"world_size": world_size, "nodes": 1, "launcher": "torch"},
+    }
+
+
+def write_environment_results(path: Path, signatures: list[str]) -> Path:
+    lines = [
+        record(
+            "digits", optimizer, seed, LR[optimizer], environment=environment(sig, f"node{seed}", 2 + seed)
+        )
+        for optimizer in ("adam", "wame")
+        for seed, sig in enumerate(signatures)
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def test_table2_ends_with_the_environment_that_produced_it(tmp_path: Path) -> None:
+    results = write_environment_results(
+        tmp_path / "r.jsonl", ["wame_dist 0.1.0 @ abc; torch 2.14.1; CPU x"] * 2
+    )
+    write_report(results, tmp_path / "out")
+    table = (tmp_path / "out" / "table2.md").read_text()
+    section = table[table.index("## Environment") :]
+    assert "**wame_dist 0.1.0 @ abc; torch 2.14.1; CPU x**: 4 run(s) (Adam 2, WAME 2)" in section
+    assert "hosts: node0, node1" in section
+    assert "jobs: 2 rank(s) on 1 node(s), torch; 3 rank(s) on 1 node(s), torch" in section
+
+
+def test_runs_from_two_environments_are_refused_unless_asked_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = write_environment_results(tmp_path / "r.jsonl", ["code A; CPU x", "code B; CPU x"])
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(results), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "mix runs from 2 environments" in err and "2 run(s) from [code A; CPU x]" in err
+    assert "--mixed-environments" in err
+    assert not (tmp_path / "out" / "table2.md").exists()
+
+    assert main([str(results), "--out", str(tmp_path / "out"), "--mixed-environments"]) == 0
+    table = (tmp_path / "out" / "table2.md").read_text()
+    assert "**code A; CPU x**: 2 run(s)" in table and "**code B; CPU x**: 2 run(s)" in table
+
+
+def test_records_without_an_environment_are_reported_as_not_recorded(tmp_path: Path) -> None:
+    write_report(write_results(tmp_path / "r.jsonl"), tmp_path / "out")
+    assert "not recorded" in (tmp_path / "out" / "table2.md").read_text()

@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import time
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,36 @@ def test_result_records_the_run(launched):
     assert record["settings"]["deepspeed_config"] == CONFIG
     lines = (launched["torchrun"] / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == EPOCHS
+
+
+def test_result_records_what_produced_it(launched):
+    """Provenance: code, software, machine, job shape and the effective DeepSpeed config, per launcher."""
+    configured = json.loads(Path(CONFIG).read_text())
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    for name, launcher in (("torchrun", "torch"), ("deepspeed", "torch"), ("mpirun", "mpi")):
+        record = result(launched[name])
+        environment = record["environment"]
+        assert environment["code"]["git_commit"] == head.stdout.strip()
+        assert isinstance(environment["code"]["git_dirty"], bool)
+        software = environment["software"]
+        assert software["torch"] == metadata.version("torch")
+        assert software["deepspeed"] and software["wame_dist"] and software["python"]
+        assert environment["machine"]["cpu"] and environment["machine"]["gpu_count"] == 0
+        assert environment["launch"] | {"argv": None, "torch_threads": None} == {
+            "launcher": launcher,
+            "world_size": 2,
+            "nodes": 1,
+            "ranks_per_node": 2,
+            "torch_threads": None,
+            "omp_num_threads": environment["launch"]["omp_num_threads"],
+            "mkl_num_threads": environment["launch"]["mkl_num_threads"],
+            "argv": None,
+        }
+        assert environment["signature"].startswith(f"wame_dist {software['wame_dist']} @ ")
+        effective = record["settings"]["effective_config"]
+        assert effective["zero_optimization"] == configured["zero_optimization"]
+        assert effective["optimizer"] == configured["optimizer"]
+        assert effective["train_batch_size"] == configured["train_batch_size"]
 
 
 def test_crash_during_checkpoint_keeps_the_last_good_one(launched, tmp_path):

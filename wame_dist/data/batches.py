@@ -15,7 +15,8 @@ class DeviceBatches:
     ``DistributedSampler(labels, num_replicas=world, rank=rank, shuffle=True, seed=seed)``; a sampler
     only needs the length of its data set, so the labels tensor serves) are copied to the device once
     and every batch is gathered there by indexing. The same code runs on CPU. ``drop_last`` drops a
-    last batch smaller than ``batch_size``.
+    last batch smaller than ``batch_size``. With ``with_indices`` each batch also carries ``idx``, the
+    samples' positions in the data set (what keys their dropout masks, independently of the rank).
     """
 
     def __init__(
@@ -27,6 +28,7 @@ class DeviceBatches:
         *,
         drop_last: bool = False,
         channels_last: bool = False,
+        with_indices: bool = False,
     ) -> None:
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
@@ -41,6 +43,7 @@ class DeviceBatches:
         self.batch_size = batch_size
         self.sampler = sampler
         self.drop_last = drop_last
+        self.with_indices = with_indices
 
     def set_epoch(self, epoch: int) -> None:
         """Forwards to the sampler's ``set_epoch``, so that each epoch gets its own shuffle."""
@@ -51,9 +54,16 @@ class DeviceBatches:
         n = len(self.sampler)  # type: ignore[arg-type]
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         order = torch.as_tensor(list(self.sampler), dtype=torch.int64).to(self.images.device)
         stop = len(self) * self.batch_size if self.drop_last else len(order)
         for start in range(0, stop, self.batch_size):
             idx = order[start : start + self.batch_size]
-            yield self.images[idx], self.labels[idx]
+            yield (
+                (self.images[idx], self.labels[idx], idx)
+                if self.with_indices
+                else (
+                    self.images[idx],
+                    self.labels[idx],
+                )
+            )

@@ -25,7 +25,9 @@ def build_model(
     * activation: ReLU after every convolution and after the dense layer, none on the output
       (table1b's last 1x1 convolution is averaged into logits as they are);
     * dropout: table1a, 50% after the dense 1024 (after its ReLU); table1b, 50% after each stride-2
-      convolution (after its ReLU), as the paper's text says; element-wise (``nn.Dropout``);
+      convolution (after its ReLU), as the paper's text says; element-wise, each sample's mask a
+      function of (seed, epoch, its training-set index) so that it is the same on any number of ranks
+      (:class:`~wame_dist.models.dropout.SampleDropout`; ``nn.Dropout`` when not keyed);
     * no batch normalisation, no weight decay in the model (Table 1 lists none);
     * initialisation: PyTorch's defaults (Kaiming-uniform with a = sqrt(5), uniform biases); the paper
       does not state one (Keras' default at the time was Glorot-uniform weights, zero biases). The

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from wame_dist.models.dropout import SampleDropout
+
 
 def scaled(count: int, width: float) -> int:
     """``count`` channels or units times ``width``, rounded, and at least 1."""
@@ -34,7 +36,7 @@ def table1a(*, num_classes: int, in_channels: int, image_size: int = 28, width: 
         nn.Flatten(),
         nn.Linear(c128 * side * side, d1024),
         nn.ReLU(),
-        nn.Dropout(0.5),
+        SampleDropout(0.5, layer=0),
         nn.Linear(d1024, num_classes),
     )
 
@@ -55,14 +57,14 @@ def table1b(*, num_classes: int, in_channels: int, width: float = 1.0) -> nn.Seq
         nn.ReLU(),
         nn.Conv2d(c96, c96, 3, stride=2, padding=1),
         nn.ReLU(),
-        nn.Dropout(0.5),
+        SampleDropout(0.5, layer=0),
         nn.Conv2d(c96, c192, 3, padding=1),
         nn.ReLU(),
         nn.Conv2d(c192, c192, 3, padding=1),
         nn.ReLU(),
         nn.Conv2d(c192, c192, 3, stride=2, padding=1),
         nn.ReLU(),
-        nn.Dropout(0.5),
+        SampleDropout(0.5, layer=1),
         nn.Conv2d(c192, c192, 3, padding=1),
         nn.ReLU(),
         nn.Conv2d(c192, c192, 1),

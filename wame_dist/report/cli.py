@@ -17,6 +17,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("results", help="the results file (.jsonl)")
     parser.add_argument("--out", required=True, help="folder to write the report into (created if needed)")
+    parser.add_argument(
+        "--mixed-environments",
+        action="store_true",
+        help="report runs from different code, software or accelerators together (refused by default; the "
+        "report's Environment section lists each)",
+    )
     return parser
 
 
@@ -26,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        paths = write_report(args.results, args.out)
+        paths = write_report(args.results, args.out, mixed_environments=args.mixed_environments)
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
     for path in paths:

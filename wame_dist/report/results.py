@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 #: Optimizer names as recorded, in the paper's order, with their display names (report/ imports nothing
 #: else, so these mirror wame_dist.training.optimizers.RULES; a test holds them equal).
@@ -33,6 +34,10 @@ class Run:
     test_acc_at_best: float
     time_to_best_s: float
     final: bool
+    #: the record's ``environment.signature`` (code, software, accelerator; None in records that predate it)
+    environment: str | None = None
+    #: the whole ``environment`` record (hosts, job shape, launcher ...), for the report's Environment section
+    environment_detail: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def key(self) -> tuple[str, str, str, int, float]:
@@ -54,6 +59,8 @@ def parse_run(record: Mapping) -> Run:
         test_acc_at_best=float(record["test_acc_at_best"]),
         time_to_best_s=float(record["time_to_best_s"]),
         final=(record.get("settings") or {}).get("role") == "final",
+        environment=(record.get("environment") or {}).get("signature"),
+        environment_detail=record.get("environment") or {},
     )
 
 
@@ -110,3 +117,20 @@ def chosen_runs(runs: Sequence[Run]) -> Groups:
 def display_name(optimizer: str) -> str:
     """The paper's spelling of an optimizer name (SGD, RMSprop, Adam, WAME); others as recorded."""
     return OPTIMIZERS.get(optimizer, optimizer)
+
+
+def check_one_environment(groups: Groups) -> None:
+    """Raises ``ValueError`` when the chosen runs come from more than one environment signature (other
+    code, software or accelerator): one table must not silently mix them."""
+    counts: dict[str | None, int] = {}
+    for by_optimizer in groups.values():
+        for runs in by_optimizer.values():
+            for run in runs:
+                counts[run.environment] = counts.get(run.environment, 0) + 1
+    if len(counts) > 1:
+        listing = "; ".join(f"{n} run(s) from [{sig or 'not recorded'}]" for sig, n in counts.items())
+        raise ValueError(
+            f"the results mix runs from {len(counts)} environments ({listing}); report each environment's "
+            "runs from its own results file, or pass --mixed-environments to report them together (the "
+            "report then lists every environment and its runs)"
+        )

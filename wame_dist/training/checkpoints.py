@@ -7,7 +7,8 @@ state inside its ``*model_states.pt``), or FSDP2's DCP checkpoint with the clien
 crash during a save therefore leaves ``latest`` on the previous complete checkpoint. Older complete
 checkpoints beyond ``keep_checkpoints`` are deleted after the new one is complete.
 
-Resuming is exact: data order and dropout are seeded by (seed, epoch, rank), and the engine restores
+Resuming is exact: the data order is seeded by (seed, epoch), each sample's dropout mask by (seed, epoch,
+its index in the training set), neither by the rank, and the engine restores
 weights, WAME's state, loss scaler and learning-rate schedule. A checkpoint is resumed only by the engine
 that wrote it, DeepSpeed's only on the world size that wrote it (DCP reshards by itself).
 """

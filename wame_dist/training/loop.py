@@ -7,7 +7,7 @@ before (:mod:`wame_dist.launch_env`), everything that differs between engines is
 
 from __future__ import annotations
 
-import hashlib
+import copy
 import time
 from dataclasses import asdict
 from typing import Any
@@ -16,19 +16,14 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
+from wame_dist import provenance
 from wame_dist.data import DeviceBatches, load_splits
 from wame_dist.launch_env import discover
-from wame_dist.models import count_parameters
+from wame_dist.models import count_parameters, set_samples
 from wame_dist.training import checkpoints, engines, init_weights
 from wame_dist.training.config import RunConfig
 from wame_dist.training.progress import Progress
 from wame_dist.training.results import RunRecorder
-
-
-def derived_seed(seed: int, *parts: object) -> int:
-    """A 63-bit seed for one purpose (``"dropout", epoch, rank`` ...), the same under every launcher."""
-    digest = hashlib.sha256(repr((seed, *parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def train(run: RunConfig) -> dict[str, Any]:
@@ -38,6 +33,8 @@ def train(run: RunConfig) -> dict[str, Any]:
     rank, world = dist.get_rank(), dist.get_world_size()
     device = engine.device
     progress = Progress(enabled=rank == 0)
+    environment = provenance.collect(launch.launcher)
+    effective_config = copy.deepcopy(engine.config)  # before DeepSpeed adds its own keys to it
 
     splits = load_splits(run.data.dataset, run.data.data_dir, download=run.data.download).to(device)
     settings = init_weights.network_settings(run.data.dataset, run.model_name, run.model.width)
@@ -59,20 +56,21 @@ def train(run: RunConfig) -> dict[str, Any]:
     sampler = DistributedSampler(
         labels, num_replicas=world, rank=rank, shuffle=True, seed=run.seed, drop_last=True
     )
-    batches = DeviceBatches(images, labels, engine.micro_batch, sampler, drop_last=True, channels_last=on_gpu)
+    batches = DeviceBatches(
+        images, labels, engine.micro_batch, sampler, drop_last=True, channels_last=on_gpu, with_indices=True
+    )
     recorder = RunRecorder(run, settings, init_hash, engine.optimizer_block, enabled=rank == 0)
+    recorder.describe_origin(environment, effective_config)
     start_epoch = checkpoints.resume(engine, run, recorder)
 
     for epoch in range(start_epoch, run.epochs + 1):
         started = time.perf_counter()
         engine.train()
         batches.set_epoch(epoch)
-        torch.manual_seed(
-            derived_seed(run.seed, "dropout", epoch, rank)
-        )  # dropout masks: epoch- and rank-wise
         loss_sum = torch.zeros((), device=device)
         seen = 0
-        for x, y in progress.steps(batches, f"epoch {epoch}/{run.epochs}"):
+        for x, y, idx in progress.steps(batches, f"epoch {epoch}/{run.epochs}"):
+            set_samples(model, run.seed, epoch, idx)  # dropout masks: per sample, not per rank
             loss = torch.nn.functional.cross_entropy(engine(x).float(), y)
             engine.step(loss)  # backward and optimizer step
             loss_sum += loss.detach() * len(y)

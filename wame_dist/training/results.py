@@ -2,7 +2,9 @@
 
 Rank 0 keeps ``metrics.jsonl`` (one line per epoch) and, at the end, ``result.json`` in the run's folder;
 both are rewritten atomically, so a crash leaves the previous complete version. ``result.json`` has the
-format of a line of the experiment's results file (see :mod:`wame_dist.report.results`).
+format of a line of the experiment's results file (see :mod:`wame_dist.report.results`), and says what
+produced it: ``"environment"`` (code, software, machine, job shape; :mod:`wame_dist.provenance`) and
+``settings.effective_config`` (the DeepSpeed-style config as the engine received it).
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ class RunRecorder:
         self.init_hash = init_hash
         self.enabled = enabled
         self.history: list[dict[str, float]] = []
+        self.environment: dict[str, Any] = {}
+        self.effective_config: dict[str, Any] = {}
+
+    def describe_origin(self, environment: dict[str, Any], effective_config: dict[str, Any]) -> None:
+        """What produced this run (:mod:`wame_dist.provenance`) and the config its engine received."""
+        self.environment = environment
+        self.effective_config = effective_config
 
     def epoch(self, epoch: int, train_loss: float, val_acc: float, test_acc: float, wall_s: float) -> None:
         self.history.append(
@@ -69,7 +78,13 @@ class RunRecorder:
             "best_epoch": best["epoch"],
             "test_acc_at_best": best["test_acc"],
             "time_to_best_s": sum(e["wall_s"] for e in self.history if e["epoch"] <= best["epoch"]),
-            "settings": {**run_settings, "network": self.settings, "global_steps": global_steps},
+            "settings": {
+                **run_settings,
+                "network": self.settings,
+                "global_steps": global_steps,
+                "effective_config": self.effective_config,
+            },
+            "environment": self.environment,
         }
         if self.enabled:
             atomic.write_text(self.out / "result.json", json.dumps(result, indent=1))

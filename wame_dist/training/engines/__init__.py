@@ -6,8 +6,9 @@ that the loop only uses:
 
 * ``engine(x)`` (logits), ``engine.train()``, ``engine.eval()``, ``engine.step(loss)`` (backward and
   optimizer step), ``engine.global_steps``;
-* ``engine.device``, ``engine.micro_batch`` (per rank), ``engine.optimizer_block`` (the DeepSpeed-style
-  "optimizer" block the run uses, recorded in its result);
+* ``engine.device``, ``engine.micro_batch`` (per rank), ``engine.config`` (the effective DeepSpeed-style
+  config: the file with the run's overrides) and ``engine.optimizer_block`` (its "optimizer" block), both
+  recorded in the run's result;
 * ``engine.save(path, client_state)`` and ``engine.load(path) -> client_state``: one checkpoint folder
   (its place and completeness are :mod:`wame_dist.training.checkpoints`' business).
 """

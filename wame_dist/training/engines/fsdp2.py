@@ -32,6 +32,7 @@ class FSDP2Engine:
     def __init__(self, run: RunConfig, launch: LaunchEnv):
         config = run_deepspeed_config(run, launch.world_size)  # bad configs and batch sizes fail here
         check_config(config, run.deepspeed_config)
+        self.config = config
         self.optimizer_block = config["optimizer"]
         self.micro_batch = micro_batch_size(config, launch.world_size)
         on_gpu = torch.cuda.is_available()
