@@ -40,7 +40,7 @@ wame_setup() {
   export VIRTUAL_ENV=$WAME_VENV PATH=$WAME_VENV/bin:$PATH
 }
 
-# wame_single_run [TRAIN.PY OPTIONS]: the templates' job: one run, set by the environment (see above).
+# wame_single_run [TRAINING OPTIONS]: the templates' job: one run, set by the environment (see above).
 wame_single_run() {
   [ -n "${SLURM_JOB_ID:-}" ] || wame_die "this is a batch script: submit it with sbatch"
   wame_setup
@@ -79,10 +79,10 @@ wame_single_run() {
   wame_train "${args[@]}" "$@"
 }
 
-# wame_train TRAIN.PY ARGS...: launch/train.py on every task of the job, for the run in OUT_DIR: one task
+# wame_train OPTIONS...: python -m wame_dist.training on every task of the job, for the run in OUT_DIR: one task
 # per GPU (without GPUs: --ntasks-per-node tasks) on each node, rendezvous on the job's first node. On
 # SIGUSR1 (#SBATCH --signal=B:USR1@...: the time limit is near, or the site preempts) the job is requeued;
-# started again, train.py resumes from the last complete epoch checkpoint in OUT_DIR.
+# started again, the run resumes from the last complete epoch checkpoint in OUT_DIR.
 wame_train() {
   local nodes=$SLURM_JOB_NUM_NODES per_node=${SLURM_GPUS_ON_NODE:-${SLURM_NTASKS_PER_NODE:-1}} hosts log
   local cpus=$((${SLURM_CPUS_ON_NODE:-1} / per_node)) overcommit=()
@@ -99,7 +99,7 @@ wame_train() {
   [ -z "$log" ] || ln -sfn "$log" "$OUT_DIR/job.log"
   trap wame_requeue USR1
   srun --nodes="$nodes" --ntasks-per-node="$per_node" --ntasks=$((nodes * per_node)) --cpus-per-task="$cpus" \
-    "${overcommit[@]}" --kill-on-bad-exit=1 "$PYTHON" -u "$WAME_ROOT/launch/train.py" "$@" &
+    "${overcommit[@]}" --kill-on-bad-exit=1 "$PYTHON" -u -m wame_dist.training "$@" &
   local step=$! status=0
   wait "$step" || status=$?
   while kill -0 "$step" 2>/dev/null; do  # a trapped signal ended `wait` early: the step goes on

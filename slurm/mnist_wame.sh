@@ -4,7 +4,7 @@
 #   sbatch slurm/mnist_wame.sh                                    one node, one task (CPU)
 #   sbatch --nodes=2 --gpus-per-node=4 slurm/mnist_wame.sh        8 ranks, one per GPU
 #   sbatch --nodes=2 --ntasks-per-node=2 slurm/mnist_wame.sh      4 ranks on CPUs
-#   SEED=3 OPTIMIZER=adam EPOCHS=30 sbatch slurm/mnist_wame.sh [launch/train.py options]
+#   SEED=3 OPTIMIZER=adam EPOCHS=30 sbatch slurm/mnist_wame.sh [training options: python -m wame_dist.training --help]
 #
 # Submit from the repository root. The run is set by environment variables (slurm/common.sh lists them:
 # DATASET, OPTIMIZER, SEED, LR, EPOCHS, WIDTH, ENGINE, ZERO_CONFIG, DATA_DIR, INIT_WEIGHTS, OUT_DIR ...), site

@@ -12,7 +12,7 @@
 # export SBATCH_QOS=normal
 # export SBATCH_CPUS_PER_GPU=8
 
-# 2. The Python environment of the jobs (its bin/python runs launch/train.py). Default: the repository's
+# 2. The Python environment of the jobs (its bin/python runs python -m wame_dist.training). Default: the repository's
 #    .venv (scripts/env.sh creates it).
 # WAME_VENV=/shared/envs/wame
 

@@ -51,7 +51,7 @@ def test_cli_refuses_a_malicious_checkpoint_without_running_it(command, tmp_path
     root = fake_checkpoint(tmp_path / "ckpt", marker, "mp_rank_00_model_states.pt")
     out = tmp_path / "out"
     argv = [command, str(root), "--out", str(out)] + (["--world-size", "2"] if command == "reshard" else [])
-    assert wame_dist(argv) == 1
+    assert wame_dist(argv) == 2
     err = capsys.readouterr().err
     assert "posix.system" in err and "could run code" in err and "--trust-checkpoint" in err, err
     assert not marker.exists() and not out.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import re
 
 import deepspeed
 import pytest
@@ -20,6 +21,7 @@ from wame_dist.deepspeed.config import (
     wame_arguments,
 )
 from wame_dist.deepspeed.registration import is_registered
+from wame_dist.errors import BadInput
 from wame_dist.report import results as report_results
 from wame_dist.training.config import OptimizerConfig, RunConfig, parse_args
 from wame_dist.training.ds_setup import check_batch, run_deepspeed_config
@@ -187,3 +189,25 @@ def test_fp16_is_refused_early_where_deepspeed_refuses_it(supported, tmp_path, m
     else:
         with pytest.raises(ConfigError, match=r"DeepSpeed does not support fp16 .* use --precision bf16"):
             run_deepspeed_config(run, 2)
+
+
+def test_the_run_config_is_its_own_command_line():
+    """The parser is generated from RunConfig; to_argv writes a config back as the flags that rebuild it."""
+    run = RunConfig(
+        deepspeed_config="c.json",
+        engine="fsdp2",
+        optimizer=OptimizerConfig("wame_keras", 0.01, {"sign_source": "gradient"}, 0.001),
+        batch_size=64,
+        seed=3,
+        compile=True,
+        timeout_s=30,
+    )
+    assert parse_args(run.to_argv()) == run
+    assert RunConfig(deepspeed_config="c.json").to_argv() == ["--deepspeed_config", "c.json"]
+    for make, message in (
+        (lambda: RunConfig(deepspeed_config="c.json", epochs=0), "--epochs must be a whole number"),
+        (lambda: RunConfig(deepspeed_config="c.json", batch_size=-4), "--batch-size must be a whole number"),
+        (lambda: OptimizerConfig("adagrad"), "unknown optimizer 'adagrad' (--optimizer)"),
+    ):
+        with pytest.raises(BadInput, match=re.escape(message)):
+            make()

@@ -271,7 +271,7 @@ def test_submitit_failed_run_is_listed_and_retried_alone(tmp_path, capsys):
     output = capsys.readouterr().out
     assert "1 run(s) failed; run the same command again to retry only them:" in output, output
     assert "mnist-table1a-wame-seed0-lr0.001 (job " in output
-    assert "FileNotFoundError: MNIST data not found: missing train-images-idx3-ubyte" in output
+    assert "DataNotFound: MNIST data not found: missing train-images-idx3-ubyte" in output
     assert not (out / "results.jsonl").exists()
     assert cli.main(command) == 1
     assert f"{out}: 1 runs, 1 to run" in capsys.readouterr().out

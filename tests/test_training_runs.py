@@ -172,11 +172,11 @@ def test_ranks_with_different_weights_fail_loudly(tmp_path):
 
 
 def single(out: Path, *extra: str, config: str = CONFIG) -> subprocess.CompletedProcess:
-    """A one-process run of launch/train.py (a world of one)."""
+    """A one-process run of ``python -m wame_dist.training`` (a world of one)."""
     args = train_args(out, *extra, epochs=1)
     args[1] = config
     return subprocess.run(
-        [str(VENV_BIN / "python"), str(TRAIN), *args],
+        [str(VENV_BIN / "python"), "-m", "wame_dist.training", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -215,17 +215,24 @@ def test_optimizers_start_from_the_same_init_weights_file(tmp_path):
 
 
 def assert_refused(proc: subprocess.CompletedProcess, message: str, out: Path) -> None:
+    """Exit 2, the message on one line of stderr (and only there), no traceback, nothing trained."""
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert message in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert [line for line in proc.stderr.splitlines() if message in line] != [], proc.stderr[-3000:]
+    assert len([line for line in proc.stderr.splitlines() if "error:" in line]) == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and message not in proc.stdout
     assert not (out / "metrics.jsonl").exists(), "nothing may be trained"
 
 
-def test_missing_config_and_init_weights_fail_before_training(tmp_path):
+def test_bad_input_fails_before_training_with_one_line(tmp_path):
     proc = single(tmp_path / "a", config=str(tmp_path / "missing.json"))
     assert_refused(proc, f"DeepSpeed config '{tmp_path / 'missing.json'}' does not exist", tmp_path / "a")
     proc = single(tmp_path / "b", "--init-weights", str(tmp_path / "none.pt"))
     assert_refused(proc, "write it with `wame-dist init-weights --out", tmp_path / "b")
+    proc = single(tmp_path / "c", "--dataset", "cifar10", "--data-dir", str(tmp_path / "no-cifar"))
+    missing = f"in {tmp_path / 'no-cifar' / 'cifar-10-batches-py'}. Put the files there"
+    assert_refused(proc, missing, tmp_path / "c")
+    proc = single(tmp_path / "d", "--width", "-1")
+    assert_refused(proc, "--width must be a positive number, not -1.0", tmp_path / "d")
 
 
 def test_checkpoint_of_another_run_is_refused(launched, tmp_path):

@@ -1,9 +1,12 @@
-"""``wame-dist``: the project's command line. Each subcommand lives in the module that does its job."""
+"""``wame-dist``: the project's command line. Each subcommand lives in the module that does its job; bad
+input ends every one of them the same way (:func:`wame_dist.errors.run_command`: one line, exit 2)."""
 
 from __future__ import annotations
 
 import importlib
 import sys
+
+from wame_dist.errors import run_command
 
 #: subcommand -> (module, one-line help); the module's ``main(argv) -> int`` runs it.
 COMMANDS = {
@@ -30,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<14} {summary}")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     module, _ = COMMANDS[argv[0]]
-    return importlib.import_module(module).main(argv[1:])
+    return run_command(f"wame-dist {argv[0]}", importlib.import_module(module).main, argv[1:])
 
 
 if __name__ == "__main__":

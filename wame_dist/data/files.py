@@ -6,12 +6,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from wame_dist.errors import BadInput
+
 T = TypeVar("T")
 
 
-def missing_files_error(name: str, folder: Path, missing: Sequence[str], how: str) -> FileNotFoundError:
+class DataNotFound(BadInput, FileNotFoundError):
+    """A data set's files are not where the run looks for them (bad input: the message says where to put
+    them)."""
+
+
+def missing_files_error(name: str, folder: Path, missing: Sequence[str], how: str) -> DataNotFound:
     """The error raised when ``name``'s files are absent: which files, which folder, how to get them."""
-    return FileNotFoundError(
+    return DataNotFound(
         f"{name} data not found: missing {', '.join(missing)} in {folder.resolve()}. "
         f"Put the files there ({how}), or pass --download on a machine with internet access "
         "to have torchvision fetch them."

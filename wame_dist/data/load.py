@@ -19,8 +19,9 @@ def load_splits(name: str, data_dir: str | Path | None = None, *, download: bool
 
     ``digits`` is scikit-learn's bundled copy and ignores ``data_dir`` and ``download``. The others are
     read with torchvision from ``data_dir`` (default :data:`DEFAULT_DATA_DIR`); ``download=True`` lets
-    torchvision fetch missing files. Missing files otherwise raise a ``FileNotFoundError`` that names them
-    and the folder they belong in.
+    torchvision fetch missing files. Missing files otherwise raise
+    :class:`~wame_dist.data.files.DataNotFound` (a ``FileNotFoundError`` and a
+    :class:`~wame_dist.errors.BadInput`) that names them and the folder they belong in.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; expected one of {', '.join(DATASETS)}")

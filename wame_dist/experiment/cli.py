@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from wame_dist.errors import BadInput
 from wame_dist.experiment.runner import StudyFailed, run_study
 from wame_dist.experiment.study import load_study
 from wame_dist.training.progress import Progress
@@ -26,14 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="override the study's epochs")
     parser.add_argument("--no-tune", action="store_true", help="use the study's documented rates")
     args = parser.parse_args(argv)
+    study = load_study(args.study, seeds=args.seeds, epochs=args.epochs)
     try:
-        study = load_study(args.study, seeds=args.seeds, epochs=args.epochs)
         files = run_study(
             study, Path(args.out), args.parallel, Progress(enabled=True), tuned=not args.no_tune
         )
-    except (BadInput, StudyFailed) as error:
-        print(f"error: {error}")
-        return 2
+    except StudyFailed as error:  # runs failed (their logs say why); bad input is the dispatcher's business
+        print(f"wame-dist study: {error}", file=sys.stderr)
+        return 1
     for path in files:
         print(path)
     return 0

@@ -1,9 +1,10 @@
 """One run of a study: what it is, where it lives, the command that trains it, and carrying it out.
 
 A run is (dataset, model, optimizer, seed, lr) plus its role: ``tune`` (choosing a learning rate) or
-``final`` (the reported runs). It trains with ``launch/train.py`` in its own process(es), from the seed's
-initial-weights file, in its own folder; started again after being killed, it resumes from its last
-epoch checkpoint (train.py does that) and ends with the identical result.
+``final`` (the reported runs). Its :class:`~wame_dist.training.config.RunConfig` is built here
+(:func:`run_config`); it trains with ``python -m wame_dist.training`` in its own process(es), from the
+seed's initial-weights file, in its own folder; started again after being killed, it resumes from its last
+epoch checkpoint (the training module does that) and ends with the identical result.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from typing import Any
 
 from wame_dist.experiment.results_file import ResultsFile
 from wame_dist.experiment.study import StudyConfig
+from wame_dist.training.config import DataConfig, ModelConfig, OptimizerConfig, RunConfig
 from wame_dist.training.init_weights import initial_network, network_settings, save_init_weights
-
-TRAIN = Path(__file__).resolve().parents[2] / "launch" / "train.py"
 
 
 @dataclass(frozen=True)
@@ -61,30 +61,29 @@ def write_init_weights(study: StudyConfig, out: Path, seed: int) -> Path:
     return path
 
 
-def train_command(study: StudyConfig, spec: RunSpec, out: Path) -> list[str]:
-    """launch/train.py for this run: one process, or torchrun with ``ranks_per_run`` processes."""
-    epochs = study.tune.epochs if spec.role == "tune" else study.epochs
-    args = [
-        str(TRAIN),
-        "--deepspeed_config", study.deepspeed_config,
-        "--dataset", study.dataset,
-        "--model", study.network,
-        "--width", str(study.width),
-        "--optimizer", spec.optimizer,
-        "--lr", repr(spec.lr),
-        *(["--lr-decay", repr(study.lr_decay[spec.optimizer])] if spec.optimizer in study.lr_decay else []),
-        *(
-            ["--optimizer-params", json.dumps(study.optimizer_params[spec.optimizer])]
-            if spec.optimizer in study.optimizer_params else []
+def run_config(study: StudyConfig, spec: RunSpec, out: Path) -> RunConfig:
+    """The training run of ``spec`` in ``study``, in its folder under ``out``."""
+    return RunConfig(
+        deepspeed_config=study.deepspeed_config,
+        data=DataConfig(study.dataset, study.data_dir),
+        model=ModelConfig(study.network, study.width),
+        optimizer=OptimizerConfig(
+            spec.optimizer,
+            spec.lr,
+            study.optimizer_params.get(spec.optimizer),
+            study.lr_decay.get(spec.optimizer, 0.0),
         ),
-        "--batch-size", str(study.batch_size),
-        "--epochs", str(epochs),
-        "--seed", str(spec.seed),
-        "--init-weights", str(init_weights_path(study, out, spec.seed)),
-        "--out-dir", str(run_dir(study, spec, out)),
-    ]  # fmt: skip
-    if study.data_dir:
-        args += ["--data-dir", study.data_dir]
+        batch_size=study.batch_size,
+        epochs=study.tune.epochs if spec.role == "tune" else study.epochs,
+        seed=spec.seed,
+        init_weights=str(init_weights_path(study, out, spec.seed)),
+        out_dir=str(run_dir(study, spec, out)),
+    )
+
+
+def train_command(study: StudyConfig, spec: RunSpec, out: Path) -> list[str]:
+    """The training module for this run: one process, or torchrun with ``ranks_per_run`` processes."""
+    args = ["-m", "wame_dist.training", *run_config(study, spec, out).to_argv()]
     if study.ranks_per_run == 1:
         return [sys.executable, *args]
     torchrun = Path(sys.executable).with_name("torchrun")

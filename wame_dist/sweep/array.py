@@ -7,10 +7,10 @@
 of every seed, before any task starts), writes the grid for the array's tasks and prints, last, the indices
 of the runs still missing from the results file in the form of sbatch's ``--array``: "todo: 0-3,6"
 ("todo: " when none is missing). The grid is ``grid.tsv`` (a header, then index, seed, optimizer, lr,
-initial-weights file, run folder, tab-separated) and ``grid/INDEX.args`` (launch/train.py's arguments, one a
-line).
+initial-weights file, run folder, tab-separated) and ``grid/INDEX.args`` (the run's
+``RunConfig.to_argv()`` for ``python -m wame_dist.training``, one a line).
 ``record`` appends the result of the grid's run INDEX to the results file.
-Bad input ends with ``error: ...`` on stderr and exit status 2.
+Bad input ends with one line on stderr and exit status 2 (:func:`wame_dist.errors.run_command`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 
 from wame_dist import atomic
-from wame_dist.errors import BadInput
+from wame_dist.errors import BadInput, run_command
 from wame_dist.experiment.runner import final_runs
-from wame_dist.experiment.runs import init_weights_path, record_result, run_dir
+from wame_dist.experiment.runs import init_weights_path, record_result, run_config, run_dir
 from wame_dist.experiment.study import StudyConfig, load_study
 from wame_dist.sweep import grid
 
@@ -36,7 +36,9 @@ def plan(study: StudyConfig, out: Path) -> str:
     for index, spec in enumerate(final_runs(study)):
         init, folder = init_weights_path(study, out, spec.seed), run_dir(study, spec, out)
         rows.append("\t".join(map(str, (index, spec.seed, spec.optimizer, repr(spec.lr), init, folder))))
-        atomic.write_text(out / "grid" / f"{index}.args", "\n".join(grid.train_args(study, spec, out)) + "\n")
+        atomic.write_text(
+            out / "grid" / f"{index}.args", "\n".join(run_config(study, spec, out).to_argv()) + "\n"
+        )
     atomic.write_text(out / "grid.tsv", "\n".join(rows) + "\n")
     total = len(rows) - 1
     print(
@@ -69,6 +71,10 @@ def record(out: Path, index: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_command("python -m wame_dist.sweep.array", _main, sys.argv[1:] if argv is None else argv)
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m wame_dist.sweep.array", description=__doc__.split("\n")[0]
     )
@@ -82,15 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("out")
     r.add_argument("index", type=int)
     args = parser.parse_args(argv)
-    try:
-        if args.command == "plan":
-            study = load_study(args.study, seeds=args.seeds, epochs=args.epochs)
-            print(f"todo: {plan(study, Path(args.out).resolve())}")
-        else:
-            record(Path(args.out).resolve(), args.index)
-    except BadInput as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.command == "plan":
+        study = load_study(args.study, seeds=args.seeds, epochs=args.epochs)
+        print(f"todo: {plan(study, Path(args.out).resolve())}")
+    else:
+        record(Path(args.out).resolve(), args.index)
     return 0
 
 

@@ -13,13 +13,13 @@ the results file (the failed ones); when none is missing it says so and submits 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
 import submitit
 
-from wame_dist.errors import BadInput
 from wame_dist.experiment.runner import final_runs
 from wame_dist.experiment.runs import RunSpec
 from wame_dist.experiment.study import StudyConfig, load_study
@@ -27,7 +27,9 @@ from wame_dist.report import write_report
 from wame_dist.sweep import grid
 from wame_dist.sweep.job import TrainRun
 
-SITE = Path(__file__).resolve().parents[2] / "slurm" / "site.sh"
+#: The site settings (slurm/site.sh) every job sources first: WAME_SITE, as for the slurm/ scripts, else the
+#: repository's copy when run from its root; none from elsewhere (e.g. an installed wheel).
+SITE = os.environ.get("WAME_SITE", "slurm/site.sh")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -50,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--array-parallelism", type=int, default=64, help="runs at a time")
     p.add_argument("--slurm-partition", default=None, help="default: the site's (SBATCH_PARTITION)")
     p.add_argument("--slurm-account", default=None, help="default: the site's (SBATCH_ACCOUNT)")
-    p.add_argument("--site", default=str(SITE), help="site settings whose site_setup every job runs first")
+    p.add_argument("--site", default=SITE, help="site settings whose site_setup every job runs first")
     return p
 
 
@@ -59,7 +61,7 @@ def executor(args: argparse.Namespace, study: StudyConfig, out: Path) -> submiti
     ex = submitit.AutoExecutor(folder=out / "logs" / "%j", cluster=args.cluster)
     # No GPU request at all on CPU clusters (where even --gpus-per-node=0 may be refused).
     gpus = {"gpus_per_node": args.gpus_per_node} if args.gpus_per_node else {}
-    site = Path(args.site)
+    site = Path(args.site).resolve()
     ex.update_parameters(
         name=f"wame-sweep-{study.dataset}",
         timeout_min=args.time,
@@ -105,11 +107,7 @@ def reason(error: Exception) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     out = Path(args.out).resolve()
-    try:
-        study, missing = grid.prepare(load_study(args.study, seeds=args.seeds, epochs=args.epochs), out)
-    except BadInput as error:
-        print(f"error: {error}")
-        return 2
+    study, missing = grid.prepare(load_study(args.study, seeds=args.seeds, epochs=args.epochs), out)
     total = len(final_runs(study))
     if not missing:
         print(f"{out}: all {total} runs are in {grid.RESULTS_FILE}: nothing to submit")

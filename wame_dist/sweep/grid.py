@@ -18,16 +18,11 @@ from wame_dist.data import DEFAULT_DATA_DIR
 from wame_dist.errors import BadInput
 from wame_dist.experiment.results_file import ResultsFile
 from wame_dist.experiment.runner import final_runs
-from wame_dist.experiment.runs import RunSpec, train_command, write_init_weights
+from wame_dist.experiment.runs import RunSpec, write_init_weights
 from wame_dist.experiment.study import StudyConfig, make_study
 
 STUDY_FILE = "study.json"
 RESULTS_FILE = "results.jsonl"
-
-
-def train_args(study: StudyConfig, spec: RunSpec, out: Path) -> list[str]:
-    """launch/train.py's arguments for the run (the study's command without interpreter and script)."""
-    return train_command(replace(study, ranks_per_run=1), spec, out)[2:]
 
 
 def absolute(study: StudyConfig) -> StudyConfig:

@@ -2,7 +2,7 @@
 
 The callable is :class:`submitit.helpers.Checkpointable`: when SLURM preempts the job or its time is nearly
 up, submitit calls :meth:`checkpoint`, which resubmits the same run, and requeues the job. The weights need
-no saving then: the run resumes from its folder's last epoch checkpoint (launch/train.py's own resume) and
+no saving then: the run resumes from its folder's last epoch checkpoint (the training module's own resume) and
 ends with the result of an uninterrupted run.
 """
 
@@ -16,10 +16,9 @@ from typing import Any
 import submitit
 import torch
 
-from wame_dist.experiment.runs import RunSpec, record_result
+from wame_dist.experiment.runs import RunSpec, record_result, run_config
 from wame_dist.experiment.study import StudyConfig
-from wame_dist.sweep import grid
-from wame_dist.training import parse_args, train
+from wame_dist.training import train
 
 
 class TrainRun(submitit.helpers.Checkpointable):
@@ -39,5 +38,5 @@ class TrainRun(submitit.helpers.Checkpointable):
         # The interpreter's environment, activated: DeepSpeed builds its ops with the ninja found on PATH.
         os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         torch.set_num_threads(self.threads)
-        result = train(parse_args(grid.train_args(self.study, spec, self.out)))
+        result = train(run_config(self.study, spec, self.out))
         return record_result(self.study, spec, self.out) if env.rank == 0 else result

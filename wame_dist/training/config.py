@@ -1,14 +1,23 @@
-"""What one training run is: a small dataclass per component, and the command line that fills them."""
+"""What one training run is: a small validated dataclass per component, the single source of its defaults.
+
+Each field carries its command-line flag and help (:func:`option`); :func:`parser` is generated from the
+fields and :meth:`RunConfig.to_argv` writes a config back as the flags that reproduce it, so that argv
+exists only at process boundaries (``torchrun``, ``srun``, ``sbatch``). Studies and sweeps build a
+:class:`RunConfig` directly. ``__post_init__`` validates every component and raises
+:class:`~wame_dist.errors.BadInput` saying which flag to change.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass, field
+import math
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any
 
 from wame_dist.data import DATASETS
 from wame_dist.deepspeed.checkpoint.safe_load import TRUST_FLAG
+from wame_dist.errors import BadInput
 from wame_dist.models import MODELS
 from wame_dist.training.optimizers import OPTIMIZERS
 
@@ -19,102 +28,15 @@ PRECISIONS = ("fp32", "bf16", "fp16", "bf16-autocast")
 DEFAULT_MODEL = {"digits": "table1a", "mnist": "table1a", "cifar10": "table1b", "cifar100": "table1b"}
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    dataset: str = "digits"
-    data_dir: str | None = None
-    download: bool = False
+def option(
+    flag: str, help: str, *, default: Any = MISSING, choices: tuple | None = None, **extra: Any
+) -> Any:
+    """A dataclass field that is also the command-line option ``flag`` (``extra``: ``aliases``, ``parse``
+    and ``show`` for values that are not plain strings or numbers)."""
+    return field(default=default, metadata={"flag": flag, "help": help, "choices": choices, **extra})
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str | None = None  # None: the paper's network for the data set
-    width: float = 1.0
-
-
-@dataclass(frozen=True)
-class OptimizerConfig:
-    name: str | None = None  # None: the DeepSpeed config's own "optimizer" block
-    lr: float | None = None  # None: the optimizer's documented default (wame_dist.training.optimizers)
-    params: dict[str, Any] | None = None  # more keyword arguments of the optimizer (its block's "params")
-    lr_decay: float = 0.0  # Keras's decay, lr / (1 + lr_decay * steps), for any optimizer (training.lr_decay)
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    deepspeed_config: str
-    engine: str = "deepspeed"  # fsdp2: PyTorch's fully_shard and DCP checkpoints (wame_dist.training.engines)
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    precision: str | None = None  # None: as the DeepSpeed config says
-    batch_size: int | None = None  # global batch; None: the config's train_batch_size
-    epochs: int = 10
-    seed: int = 0
-    init_weights: str | None = None
-    out_dir: str = "runs/latest"
-    resume_from: str | None = None  # a checkpoint folder (e.g. resharded); default: out_dir's own
-    checkpoint_every: int = 1  # epochs between checkpoints; 0: none
-    keep_checkpoints: int = 2
-    max_steps: int | None = None  # stop after this many optimizer steps (tests, smoke runs)
-    compile: bool = False
-    timeout_s: int = 600  # a collective waiting longer than this fails the job instead of hanging it
-    trust_checkpoint: bool = False  # resume from checkpoints holding types DeepSpeed's never hold
-
-    @property
-    def model_name(self) -> str:
-        return self.model.name or DEFAULT_MODEL[self.data.dataset]
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description="Train a Table 1 network with WAME (or a baseline) under DeepSpeed or FSDP2.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--deepspeed_config", "--deepspeed-config", required=True, help="DeepSpeed JSON config")
-    p.add_argument("--engine", choices=ENGINES, default="deepspeed", help="DeepSpeed, or PyTorch's FSDP2")
-    p.add_argument("--dataset", choices=DATASETS, default="digits")
-    p.add_argument("--data-dir", default=None, help="folder with the MNIST / CIFAR files (default ./data)")
-    p.add_argument("--download", action="store_true", help="let torchvision download missing data")
-    p.add_argument("--model", choices=MODELS, default=None, help="default: the paper's network for the data")
-    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (1 = the paper's network)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="default: the config's optimizer")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument(
-        "--optimizer-params",
-        type=optimizer_params,
-        default=None,
-        help="more arguments of the optimizer as a JSON object, e.g. '{\"nesterov\": true}'",
-    )
-    p.add_argument(
-        "--lr-decay",
-        type=float,
-        default=0.0,
-        help="Keras's rate decay: lr / (1 + lr_decay * optimizer steps), for any optimizer",
-    )
-    p.add_argument("--precision", choices=PRECISIONS, default=None, help="default: as the config says")
-    p.add_argument("--batch-size", type=int, default=None, help="global batch (default: train_batch_size)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init-weights", default=None, help="start from this file (wame-dist init-weights)")
-    p.add_argument("--out-dir", default="runs/latest", help="metrics, result and checkpoints go here")
-    p.add_argument("--resume-from", default=None, help="checkpoint folder to start from (default: out-dir's)")
-    p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (0: none)")
-    p.add_argument("--keep-checkpoints", type=int, default=2)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--timeout", type=int, default=600, help="seconds before a stuck collective fails the job")
-    p.add_argument(
-        TRUST_FLAG,
-        action="store_true",
-        help="resume from a checkpoint that holds types DeepSpeed's checkpoints do not (refused by default, "
-        "since loading it can run code from it); only for files you trust",
-    )
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    return p
-
-
-def optimizer_params(text: str) -> dict[str, Any]:
+def json_object(text: str) -> dict[str, Any]:
     """``--optimizer-params``: a JSON object (argparse reports the ValueError as a usage error)."""
     try:
         params = json.loads(text)
@@ -125,27 +47,199 @@ def optimizer_params(text: str) -> dict[str, Any]:
     return params
 
 
-def parse_args(argv: list[str] | None = None) -> RunConfig:
-    args = parser().parse_args(argv)
-    if not args.lr_decay >= 0.0:
-        parser().error(f"--lr-decay must be >= 0, not {args.lr_decay}")
-    return RunConfig(
-        deepspeed_config=args.deepspeed_config,
-        engine=args.engine,
-        data=DataConfig(args.dataset, args.data_dir, args.download),
-        model=ModelConfig(args.model, args.width),
-        optimizer=OptimizerConfig(args.optimizer, args.lr, args.optimizer_params, args.lr_decay),
-        precision=args.precision,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        seed=args.seed,
-        init_weights=args.init_weights,
-        out_dir=args.out_dir,
-        resume_from=args.resume_from,
-        checkpoint_every=args.checkpoint_every,
-        keep_checkpoints=args.keep_checkpoints,
-        max_steps=args.max_steps,
-        compile=args.compile,
-        timeout_s=args.timeout,
-        trust_checkpoint=args.trust_checkpoint,
+def _positive(value: float | None, flag: str, *, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise BadInput(f"{flag} must be a positive number, not {value!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = option("--dataset", "data set", default="digits", choices=DATASETS)
+    data_dir: str | None = option(
+        "--data-dir", "folder with the MNIST / CIFAR files (default ./data)", default=None
     )
+    download: bool = option("--download", "let torchvision download missing data", default=False)
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise BadInput(f"unknown data set {self.dataset!r} (--dataset): use one of {', '.join(DATASETS)}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str | None = option(
+        "--model", "network (default: the paper's for the data set)", default=None, choices=MODELS
+    )
+    width: float = option("--width", "channel multiplier (1 = the paper's network)", default=1.0)
+
+    def __post_init__(self) -> None:
+        if self.name is not None and self.name not in MODELS:
+            raise BadInput(f"unknown model {self.name!r} (--model): use one of {', '.join(MODELS)}")
+        _positive(self.width, "--width", allow_none=False)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: str | None = option(
+        "--optimizer",
+        "update rule (default: the DeepSpeed config's own block)",
+        default=None,
+        choices=OPTIMIZERS,
+    )
+    lr: float | None = option("--lr", "learning rate (default: the rule's documented one)", default=None)
+    params: dict[str, Any] | None = option(  # noqa: RUF009 (option() is a dataclasses.field)
+        "--optimizer-params",
+        "more arguments of the optimizer as a JSON object, e.g. '{\"nesterov\": true}'",
+        default=None,
+        parse=json_object,
+        show=json.dumps,
+    )
+    lr_decay: float = option(
+        "--lr-decay", "Keras's rate decay: lr / (1 + lr_decay * optimizer steps), for any rule", default=0.0
+    )
+
+    def __post_init__(self) -> None:
+        if self.name is not None and self.name not in OPTIMIZERS:
+            choices = ", ".join(OPTIMIZERS)
+            raise BadInput(f"unknown optimizer {self.name!r} (--optimizer): use one of {choices}")
+        _positive(self.lr, "--lr")
+        if not (isinstance(self.lr_decay, int | float) and self.lr_decay >= 0.0):
+            raise BadInput(f"--lr-decay must be >= 0, not {self.lr_decay!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    deepspeed_config: str = option(
+        "--deepspeed_config", "DeepSpeed JSON config", aliases=("--deepspeed-config",), required=True
+    )
+    engine: str = option(
+        "--engine", "DeepSpeed, or PyTorch's FSDP2 (DCP checkpoints)", default="deepspeed", choices=ENGINES
+    )
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    precision: str | None = option(
+        "--precision", "default: as the DeepSpeed config says", default=None, choices=PRECISIONS
+    )
+    batch_size: int | None = option("--batch-size", "global batch (default: train_batch_size)", default=None)
+    epochs: int = option("--epochs", "epochs to train", default=10)
+    seed: int = option("--seed", "initial weights, data order and dropout", default=0)
+    init_weights: str | None = option(
+        "--init-weights", "start from this file (wame-dist init-weights)", default=None
+    )
+    out_dir: str = option("--out-dir", "metrics, result and checkpoints go here", default="runs/latest")
+    resume_from: str | None = option(
+        "--resume-from", "checkpoint folder to start from (default: out-dir's own)", default=None
+    )
+    checkpoint_every: int = option("--checkpoint-every", "epochs between checkpoints (0: none)", default=1)
+    keep_checkpoints: int = option("--keep-checkpoints", "complete checkpoints kept", default=2)
+    max_steps: int | None = option("--max-steps", "stop after this many optimizer steps", default=None)
+    compile: bool = option("--compile", "torch.compile the model", default=False)
+    timeout_s: int = option(
+        "--timeout", "seconds before a stuck collective fails the job instead of hanging it", default=600
+    )
+    trust_checkpoint: bool = option(
+        TRUST_FLAG,
+        "resume from a checkpoint that holds types DeepSpeed's checkpoints do not (refused by default, since "
+        "loading it can run code from it); only for files you trust",
+        default=False,
+    )
+
+    def __post_init__(self) -> None:
+        for name, value in (("--batch-size", self.batch_size), ("--max-steps", self.max_steps)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise BadInput(f"{name} must be a whole number of at least 1, not {value!r}")
+        for name, value, least in (
+            ("--epochs", self.epochs, 1),
+            ("--checkpoint-every", self.checkpoint_every, 0),
+            ("--keep-checkpoints", self.keep_checkpoints, 1),
+            ("--timeout", self.timeout_s, 1),
+        ):
+            if not isinstance(value, int) or value < least:
+                raise BadInput(f"{name} must be a whole number of at least {least}, not {value!r}")
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name or DEFAULT_MODEL[self.data.dataset]
+
+    def to_argv(self) -> list[str]:
+        """The options that :func:`parse_args` turns back into this config (defaults left out)."""
+        argv: list[str] = []
+        for f, value in _options(self):
+            if value == f.default:
+                continue
+            if f.type in ("bool", bool):
+                argv.append(f.metadata["flag"])
+            else:
+                argv += [f.metadata["flag"], f.metadata.get("show", str)(value)]
+        return argv
+
+
+def _options(config: Any) -> list[tuple[Any, Any]]:
+    """``(field, value)`` of every option of ``config`` and its components, in declaration order."""
+    found = []
+    for f in fields(config):
+        value = getattr(config, f.name)
+        found += _options(value) if is_dataclass(value) else [(f, value)]
+    return found
+
+
+def _add_options(p: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    for f in fields(cls):
+        if "flag" not in f.metadata:
+            _add_options(p, f.default_factory, f"{prefix}{f.name}.")  # a component
+            continue
+        meta = f.metadata
+        flags = [meta["flag"], *meta.get("aliases", ())]
+        kwargs: dict[str, Any] = {"dest": prefix + f.name, "help": meta["help"]}
+        if f.type in ("bool", bool):
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["type"] = meta.get("parse") or _scalar_type(f.type)
+        if meta.get("required"):
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = f.default
+        if meta["choices"]:
+            kwargs["choices"] = meta["choices"]
+        p.add_argument(*flags, **kwargs)
+
+
+def _scalar_type(annotation: Any) -> type:
+    text = str(annotation)
+    return int if text.startswith("int") else float if text.startswith("float") else str
+
+
+def parser() -> argparse.ArgumentParser:
+    """The training command line, generated from :class:`RunConfig`'s fields."""
+    p = argparse.ArgumentParser(
+        prog="python -m wame_dist.training",
+        description="Train a Table 1 network with WAME (or a baseline) under DeepSpeed or FSDP2.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_options(p, RunConfig)
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> RunConfig:
+    """The :class:`RunConfig` of a command line; an invalid one ends with argparse's usage error (exit 2)."""
+    p = parser()
+    values = vars(p.parse_args(argv))
+    values.pop("local_rank")
+    try:
+        return _build(RunConfig, values)
+    except BadInput as error:
+        p.error(str(error))
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    kwargs = {}
+    for f in fields(cls):
+        if "flag" in f.metadata:
+            kwargs[f.name] = values[prefix + f.name]
+        else:
+            kwargs[f.name] = _build(f.default_factory, values, f"{prefix}{f.name}.")
+    return cls(**kwargs)

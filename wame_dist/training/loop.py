@@ -28,6 +28,7 @@ from wame_dist.training.results import RunRecorder
 
 def train(run: RunConfig) -> dict[str, Any]:
     """Trains as ``run`` says and returns the result (rank 0 also writes it to ``run.out_dir``)."""
+    splits = load_splits(run.data.dataset, run.data.data_dir, download=run.data.download)  # missing: BadInput
     launch = discover()
     engine = engines.start(run, launch)  # bad configs and batch sizes fail here, before any work
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -36,7 +37,7 @@ def train(run: RunConfig) -> dict[str, Any]:
     environment = provenance.collect(launch.launcher)
     effective_config = copy.deepcopy(engine.config)  # before DeepSpeed adds its own keys to it
 
-    splits = load_splits(run.data.dataset, run.data.data_dir, download=run.data.download).to(device)
+    splits = splits.to(device)
     settings = init_weights.network_settings(run.data.dataset, run.model_name, run.model.width)
     model = init_weights.initial_network(settings, run.seed)
     if run.init_weights:

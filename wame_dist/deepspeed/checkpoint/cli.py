@@ -67,8 +67,8 @@ def export_parser() -> argparse.ArgumentParser:
 
 
 def reshard_main(argv: Sequence[str] | None = None) -> int:
-    """Runs ``wame-dist reshard``: 0 when written, 1 for a checkpoint that cannot be resharded, 2 for bad
-    arguments; the reason goes to stderr."""
+    """Runs ``wame-dist reshard``: 0 when written; bad arguments exit 2 here, a checkpoint that cannot be
+    resharded raises :class:`CheckpointError` (bad input: the dispatcher prints it and exits 2)."""
     parser = reshard_parser()
     args = _parse(parser, argv)
     if isinstance(args, int):
@@ -77,18 +77,15 @@ def reshard_main(argv: Sequence[str] | None = None) -> int:
         return _usage_error(parser, f"--world-size must be at least 1, not {args.world_size}")
     if args.sub_group_size is not None and args.sub_group_size < 1:
         return _usage_error(parser, f"--sub-group-size must be at least 1, not {args.sub_group_size}")
-    try:
-        done = reshard(
-            args.checkpoint_dir,
-            args.out,
-            args.world_size,
-            tag=args.tag,
-            stage=args.stage,
-            sub_group_size=args.sub_group_size,
-            trust=args.trust_checkpoint,
-        )
-    except CheckpointError as error:
-        return _failure(parser, error)
+    done = reshard(
+        args.checkpoint_dir,
+        args.out,
+        args.world_size,
+        tag=args.tag,
+        stage=args.stage,
+        sub_group_size=args.sub_group_size,
+        trust=args.trust_checkpoint,
+    )
     host = ", ".join(path.name for path in done.host_files)
     print(
         f"resharded tag {done.tag!r}: ZeRO-{done.source_stage} on {done.source_world_size} ranks -> "
@@ -99,20 +96,17 @@ def reshard_main(argv: Sequence[str] | None = None) -> int:
 
 
 def export_main(argv: Sequence[str] | None = None) -> int:
-    """Runs ``wame-dist export``: 0 when written, 1 for a checkpoint that cannot be exported, 2 for bad
-    arguments; the reason goes to stderr."""
+    """Runs ``wame-dist export``: 0 when written; bad arguments exit 2 here, a checkpoint that cannot be
+    exported raises :class:`CheckpointError` (bad input: the dispatcher prints it and exits 2)."""
     parser = export_parser()
     args = _parse(parser, argv)
     if isinstance(args, int):
         return args
     from_dcp = dcp_bridge.dcp_tag(args.checkpoint_dir, args.tag) is not None
-    try:
-        if args.dcp and from_dcp:
-            raise CheckpointError(f"{args.checkpoint_dir} is already a DCP checkpoint; drop --dcp")
-        write = dcp_bridge.zero_to_dcp if args.dcp else dcp_bridge.dcp_to_file if from_dcp else export
-        meta = write(args.checkpoint_dir, args.out, tag=args.tag, trust=args.trust_checkpoint)
-    except CheckpointError as error:
-        return _failure(parser, error)
+    if args.dcp and from_dcp:
+        raise CheckpointError(f"{args.checkpoint_dir} is already a DCP checkpoint; drop --dcp")
+    write = dcp_bridge.zero_to_dcp if args.dcp else dcp_bridge.dcp_to_file if from_dcp else export
+    meta = write(args.checkpoint_dir, args.out, tag=args.tag, trust=args.trust_checkpoint)
     source = "FSDP2 (DCP)" if from_dcp else f"ZeRO-{meta['zero_stage']}"
     print(
         f"exported tag {meta['tag']!r} ({source} on {meta['world_size']} ranks, {len(meta['param_groups'])} "
@@ -133,8 +127,3 @@ def _usage_error(parser: argparse.ArgumentParser, message: str) -> int:
     parser.print_usage(sys.stderr)
     print(f"{parser.prog}: error: {message}", file=sys.stderr)
     return 2
-
-
-def _failure(parser: argparse.ArgumentParser, error: CheckpointError) -> int:
-    print(f"{parser.prog}: error: {error}", file=sys.stderr)
-    return 1
