@@ -70,7 +70,7 @@ task() {
 # report DIR: Table 2, Figure 1 and the Friedman tests of the results so far.
 report() {
   wame_setup
-  "$PYTHON" -m wame_dist.cli report "$1/results.jsonl" --out "$1/report"
+  "$PYTHON" -m wame_dist.cli report "$1/results.jsonl" --out "$1/report" --mixed-environments  # every environment listed
 }
 
 case ${1:-} in

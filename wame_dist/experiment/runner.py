@@ -113,4 +113,6 @@ def run_study(
     if tuned and study.tune.grid:
         rates.update(tune(study, out, parallel, progress))
     run_all(study, final_runs(study, rates), out, parallel, progress)
-    return write_report(out / "results.jsonl", out)
+    # A study resumed after a code change holds runs of both: its own report lists every environment (its
+    # Environment section) rather than failing at the end; `wame-dist report` alone refuses such a mix.
+    return write_report(out / "results.jsonl", out, mixed_environments=True)

@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     for start in range(0, len(specs), wave):
         failed += run(ex, fn, specs[start : start + wave], study)
     if (out / grid.RESULTS_FILE).exists():
-        for path in write_report(out / grid.RESULTS_FILE, out / "report"):
+        # as a study's own report: every environment listed (wame-dist report alone refuses a mix)
+        for path in write_report(out / grid.RESULTS_FILE, out / "report", mixed_environments=True):
             print(path)
     if failed:
         print(f"{len(failed)} run(s) failed; run the same command again to retry only them:")
