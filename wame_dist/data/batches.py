@@ -59,11 +59,5 @@ class DeviceBatches:
         stop = len(self) * self.batch_size if self.drop_last else len(order)
         for start in range(0, stop, self.batch_size):
             idx = order[start : start + self.batch_size]
-            yield (
-                (self.images[idx], self.labels[idx], idx)
-                if self.with_indices
-                else (
-                    self.images[idx],
-                    self.labels[idx],
-                )
-            )
+            batch = (self.images[idx], self.labels[idx])
+            yield (*batch, idx) if self.with_indices else batch

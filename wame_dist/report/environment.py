@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from wame_dist.report.results import Groups, display_name
+from wame_dist.report.results import Groups, display_name, runs_by_environment
 
 
 def environment_markdown(groups: Groups) -> str:
@@ -14,13 +14,8 @@ def environment_markdown(groups: Groups) -> str:
     software versions and the accelerator; below it are the hosts, job shapes (world size x nodes) and
     launchers its runs used, which may differ without changing the signature.
     """
-    by_signature: dict[str | None, list] = {}
-    for by_optimizer in groups.values():
-        for runs in by_optimizer.values():
-            for run in runs:
-                by_signature.setdefault(run.environment, []).append(run)
     lines = ["## Environment", ""]
-    for signature, runs in by_signature.items():
+    for signature, runs in runs_by_environment(groups).items():
         if signature is None:
             lines.append(f"- {len(runs)} run(s): not recorded (results written before runs recorded it)")
             continue

@@ -119,18 +119,26 @@ def display_name(optimizer: str) -> str:
     return OPTIMIZERS.get(optimizer, optimizer)
 
 
-def check_one_environment(groups: Groups) -> None:
-    """Raises ``ValueError`` when the chosen runs come from more than one environment signature (other
-    code, software or accelerator): one table must not silently mix them."""
-    counts: dict[str | None, int] = {}
+def runs_by_environment(groups: Groups) -> dict[str | None, list[Run]]:
+    """The chosen runs per environment signature (None: not recorded), in first-seen order."""
+    found: dict[str | None, list[Run]] = {}
     for by_optimizer in groups.values():
         for runs in by_optimizer.values():
             for run in runs:
-                counts[run.environment] = counts.get(run.environment, 0) + 1
-    if len(counts) > 1:
-        listing = "; ".join(f"{n} run(s) from [{sig or 'not recorded'}]" for sig, n in counts.items())
+                found.setdefault(run.environment, []).append(run)
+    return found
+
+
+def check_one_environment(groups: Groups) -> None:
+    """Raises ``ValueError`` when the chosen runs come from more than one environment signature (other
+    code, software or accelerator): one table must not silently mix them."""
+    found = runs_by_environment(groups)
+    if len(found) > 1:
+        listing = "; ".join(
+            f"{len(runs)} run(s) from [{sig or 'not recorded'}]" for sig, runs in found.items()
+        )
         raise ValueError(
-            f"the results mix runs from {len(counts)} environments ({listing}); report each environment's "
+            f"the results mix runs from {len(found)} environments ({listing}); report each environment's "
             "runs from its own results file, or pass --mixed-environments to report them together (the "
             "report then lists every environment and its runs)"
         )

@@ -60,8 +60,15 @@ def train(run: RunConfig) -> dict[str, Any]:
     batches = DeviceBatches(
         images, labels, engine.micro_batch, sampler, drop_last=True, channels_last=on_gpu, with_indices=True
     )
-    recorder = RunRecorder(run, settings, init_hash, engine.optimizer_block, enabled=rank == 0)
-    recorder.describe_origin(environment, effective_config)
+    recorder = RunRecorder(
+        run,
+        settings,
+        init_hash,
+        engine.optimizer_block,
+        enabled=rank == 0,
+        environment=environment,
+        effective_config=effective_config,
+    )
     start_epoch = checkpoints.resume(engine, run, recorder)
 
     for epoch in range(start_epoch, run.epochs + 1):

@@ -20,8 +20,18 @@ from wame_dist.training.optimizers import rule_name
 
 class RunRecorder:
     def __init__(
-        self, run: RunConfig, settings: dict[str, Any], init_hash: str, optimizer: dict, enabled: bool
+        self,
+        run: RunConfig,
+        settings: dict[str, Any],
+        init_hash: str,
+        optimizer: dict,
+        enabled: bool,
+        *,
+        environment: dict[str, Any],
+        effective_config: dict[str, Any],
     ):
+        """``environment``: what produced the run (:mod:`wame_dist.provenance`); ``effective_config``: the
+        config its engine received."""
         self.out = Path(run.out_dir)
         self.key = {
             "dataset": run.data.dataset,
@@ -34,11 +44,6 @@ class RunRecorder:
         self.init_hash = init_hash
         self.enabled = enabled
         self.history: list[dict[str, float]] = []
-        self.environment: dict[str, Any] = {}
-        self.effective_config: dict[str, Any] = {}
-
-    def describe_origin(self, environment: dict[str, Any], effective_config: dict[str, Any]) -> None:
-        """What produced this run (:mod:`wame_dist.provenance`) and the config its engine received."""
         self.environment = environment
         self.effective_config = effective_config
 
