@@ -18,7 +18,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$venv/bin/python" -m pip install -q --upgrade pip >&2
   # shellcheck disable=SC2086  # torch_spec is a list of requirement specifiers
   "$venv/bin/python" -m pip install -q $torch_spec >&2
-  "$venv/bin/python" -m pip install -q -e "$root[dev,mpi,hf,lightning]" >&2
+  "$venv/bin/python" -m pip install -q -e "${root}[dev,mpi,hf,lightning]" >&2
   echo "$want" > "$stamp"
 fi
 echo "$venv"

@@ -3,20 +3,17 @@
 # the one srun that trains a run on every task of the job. Nothing in this file is cluster-specific: that
 # goes into slurm/site.sh.
 #
-# A run is set by environment variables, all optional (sbatch passes the submitting shell's environment):
-#   DATASET       digits, mnist, cifar10 or cifar100                 [the template's]
-#   OPTIMIZER     a rule of wame_dist.training.optimizers.RULES       [wame]
-#   SEED          initial weights, data order and dropout             [0]
-#   LR            learning rate                                       [the optimizer's documented default]
-#   EPOCHS        [100]    BATCH_SIZE  global batch [128]    WIDTH  channel multiplier [1.0]
-#   MODEL         network                                             [the paper's for the data set]
-#   ENGINE        deepspeed, or fsdp2 (PyTorch's fully_shard, DCP checkpoints)  [deepspeed]
-#   ZERO_CONFIG   DeepSpeed config (under fsdp2: batch, optimizer, precision)  [configs/zero2.json]
-#   DATA_DIR      folder with the MNIST / CIFAR files                 [data]
-#   INIT_WEIGHTS  initial weights to start from (wame-dist init-weights)  [none: drawn from SEED]
+# A run is set by environment variables, all optional (sbatch passes the submitting shell's environment);
+# each is one option of the training module, whose defaults, choices and checks apply (its --help lists
+# them; none is repeated here):
+#   DATASET --dataset   OPTIMIZER --optimizer   SEED --seed   LR --lr   EPOCHS --epochs
+#   BATCH_SIZE --batch-size   WIDTH --width   MODEL --model   ENGINE --engine   DATA_DIR --data-dir
+#   INIT_WEIGHTS --init-weights
+# and two belong to the job:
+#   ZERO_CONFIG   the --deepspeed_config (under ENGINE=fsdp2: batch, optimizer, precision) [configs/zero2.json]
 #   OUT_DIR       the run's folder: metrics.jsonl, result.json, checkpoints/, job.log (a link to the job's
-#                 output)                                             [runs/JOBNAME-JOBID]
-# Default paths are in the repository; relative ones are taken from the folder sbatch was called in.
+#                 output)                                                  [runs/JOBNAME-JOBID]
+# Relative paths are taken from the folder sbatch was called in.
 
 WAME_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -40,42 +37,26 @@ wame_setup() {
   export VIRTUAL_ENV=$WAME_VENV PATH=$WAME_VENV/bin:$PATH
 }
 
-# wame_single_run [TRAINING OPTIONS]: the templates' job: one run, set by the environment (see above).
+# The environment variables of a run and the training options they set (see above).
+WAME_RUN_VARIABLES=(DATASET:--dataset OPTIMIZER:--optimizer SEED:--seed LR:--lr EPOCHS:--epochs
+  BATCH_SIZE:--batch-size WIDTH:--width MODEL:--model ENGINE:--engine DATA_DIR:--data-dir
+  INIT_WEIGHTS:--init-weights)
+
+# wame_single_run [TRAINING OPTIONS]: the templates' job: one run, set by the environment (see above). The
+# training module checks the whole run first (python -m wame_dist.training --check), in one process, so
+# bad input fails the job at once, with its one-line error, before any rank starts.
 wame_single_run() {
   [ -n "${SLURM_JOB_ID:-}" ] || wame_die "this is a batch script: submit it with sbatch"
   wame_setup
-  local dataset=${DATASET:?} optimizer=${OPTIMIZER:-wame} seed=${SEED:-0} data_dir=${DATA_DIR:-$WAME_ROOT/data}
-  local config=${ZERO_CONFIG:-$WAME_ROOT/configs/zero2.json} engine=${ENGINE:-deepspeed}
-  case $engine in
-    deepspeed | fsdp2) ;;
-    *) wame_die "unknown engine '$engine' (ENGINE): use deepspeed or fsdp2" ;;
-  esac
-  local rules  # the update rules of wame_dist's one registry (its own line: imports may print too)
-  rules=$("$PYTHON" -c 'from wame_dist.training.optimizers import RULES; print("rules:", *RULES)' 2>/dev/null |
-    sed -n 's/^rules: //p')
-  [ -n "$rules" ] || wame_die "cannot import wame_dist with $PYTHON: install the project there (scripts/env.sh)"
-  case " $rules " in
-    *" $optimizer "*) ;;
-    *) wame_die "unknown optimizer '$optimizer' (OPTIMIZER): use one of: $rules" ;;
-  esac
-  case $dataset in
-    digits) ;;
-    mnist | cifar10 | cifar100)
-      [ -d "$data_dir" ] || wame_die "data folder '$data_dir' of $dataset does not exist (DATA_DIR): put the files there or set DATA_DIR" ;;
-    *) wame_die "unknown data set '$dataset' (DATASET): use digits, mnist, cifar10 or cifar100" ;;
-  esac
-  [ -f "$config" ] || wame_die "DeepSpeed config '$config' does not exist (ZERO_CONFIG): see configs/"
-  if [ -n "${INIT_WEIGHTS:-}" ] && [ ! -f "$INIT_WEIGHTS" ]; then
-    wame_die "initial weights '$INIT_WEIGHTS' of seed $seed do not exist (INIT_WEIGHTS): write them with" \
-      "wame-dist init-weights --dataset $dataset --width ${WIDTH:-1.0} --seed $seed --out $INIT_WEIGHTS"
-  fi
   OUT_DIR=${OUT_DIR:-$WAME_ROOT/runs/$SLURM_JOB_NAME-$SLURM_JOB_ID}  # the job ID survives requeues
-  local args=(--engine "$engine" --deepspeed_config "$config" --dataset "$dataset" --data-dir "$data_dir"
-    --optimizer "$optimizer" --seed "$seed" --epochs "${EPOCHS:-100}" --batch-size "${BATCH_SIZE:-128}"
-    --width "${WIDTH:-1.0}" --out-dir "$OUT_DIR")
-  [ -z "${LR:-}" ] || args+=(--lr "$LR")
-  [ -z "${MODEL:-}" ] || args+=(--model "$MODEL")
-  [ -z "${INIT_WEIGHTS:-}" ] || args+=(--init-weights "$INIT_WEIGHTS")
+  local args=(--deepspeed_config "${ZERO_CONFIG:-$WAME_ROOT/configs/zero2.json}" --out-dir "$OUT_DIR") pair
+  for pair in "${WAME_RUN_VARIABLES[@]}"; do
+    local variable=${pair%%:*}
+    [ -z "${!variable:-}" ] || args+=("${pair#*:}" "${!variable}")
+  done
+  "$PYTHON" -m wame_dist.training --check "${args[@]}" "$@" ||
+    wame_die "the run cannot start (the line above says why; the environment variables that set it are" \
+      "listed in slurm/common.sh); no rank was started"
   wame_train "${args[@]}" "$@"
 }
 

@@ -7,10 +7,10 @@
 # Run it with bash on the node you submit from, in the repository root (not with sbatch: it submits the
 # jobs itself). It writes the sweep folder SWEEP_DIR (default runs/sweep-STUDY): the study, the initial
 # weights of every seed (before the array starts; shared by all optimizers of the seed) and the grid
-# (grid.tsv: array index -> seed, optimizer, lr). Then it submits one array task per run missing from
-# SWEEP_DIR/results.jsonl and a job that runs `wame-dist report` into SWEEP_DIR/report once the array is
-# over. Each task trains its run like the single-run templates do (slurm/common.sh: one task per GPU,
-# requeue and resume on SIGUSR1) and appends its result to the results file. Running the script again
+# (grid.tsv: array index -> seed, optimizer, lr). Then it submits one array task per run with no record in
+# SWEEP_DIR/records/ and a job that writes SWEEP_DIR/results.jsonl and the report (SWEEP_DIR/report) once the
+# array is over. Each task trains its run like the single-run templates do (slurm/common.sh: one task per
+# GPU, requeue and resume on SIGUSR1) and files its record as its own file (no shared file, no lock). Running the script again
 # submits only the runs still missing (failed ones); when none is, it says so and submits nothing.
 # Environment: SWEEP_DIR; SEEDS, EPOCHS (override the study's); PARALLEL (most tasks running at once).
 # Logs: SWEEP_DIR/logs. Site settings: slurm/site.sh.
@@ -37,7 +37,7 @@ submit() {
   [ -z "${EPOCHS:-}" ] || overrides+=(--epochs "$EPOCHS")
   todo=$("$PYTHON" -m wame_dist.sweep.array plan "$study" "$dir" "${overrides[@]}" | sed -n 's/^todo: //p')
   if [ -z "$todo" ]; then
-    echo "every run of $dir is in its results file: nothing to submit"
+    echo "every run of $dir is recorded: nothing to submit"
     return 0
   fi
   cd "$WAME_ROOT"  # the jobs find the repository through SLURM_SUBMIT_DIR
@@ -67,10 +67,10 @@ task() {
   "$PYTHON" -m wame_dist.sweep.array record "$dir" "$index"
 }
 
-# report DIR: Table 2, Figure 1 and the Friedman tests of the results so far.
+# report DIR: results.jsonl, Table 2, Figure 1 and the Friedman tests of the records so far.
 report() {
   wame_setup
-  "$PYTHON" -m wame_dist.cli report "$1/results.jsonl" --out "$1/report" --mixed-environments  # every environment listed
+  "$PYTHON" -m wame_dist.sweep.array report "$1"
 }
 
 case ${1:-} in

@@ -87,7 +87,8 @@ def global_batches(steps: int, batch: int = GLOBAL_BATCH) -> list[torch.Tensor]:
 
 
 def reference_run(steps: int, clip: float = 0.0, variant: str = "algorithm1") -> tuple[dict, dict]:
-    """Plain WAME, one process, the same global batches: final parameters and state by parameter name."""
+    """Plain WAME, one process, the same global batches: final parameters and state by parameter name
+    (the state also holds ``weight_before_last_step``: the Keras variant's ``prev_sign`` is its sign)."""
     images, labels = data()
     model = make_model()
     optimizer = WAME(model.parameters(), lr=LR, variant=variant)
@@ -95,6 +96,7 @@ def reference_run(steps: int, clip: float = 0.0, variant: str = "algorithm1") ->
     torch.set_num_threads(1)  # as the ranks: a multi-threaded backward sums in another order
     try:
         for idx in global_batches(steps):
+            before_step = {n: p.detach().clone() for n, p in model.named_parameters()}
             optimizer.zero_grad()
             torch.nn.functional.cross_entropy(model(images[idx]), labels[idx]).backward()
             if clip:
@@ -104,6 +106,8 @@ def reference_run(steps: int, clip: float = 0.0, variant: str = "algorithm1") ->
         torch.set_num_threads(threads)
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
     state = {n: {k: optimizer.state[p][k].clone() for k in STATE_KEYS} for n, p in model.named_parameters()}
+    for name, weight in before_step.items():  # what the Keras variant's prev_sign is the sign of
+        state[name]["weight_before_last_step"] = weight
     return params, state
 
 

@@ -449,13 +449,13 @@ def test_bad_checkpoints_are_refused_clearly(damage, message, checkpoint, tmp_pa
         ["export", str(checkpoint), "--out", str(tmp_path / "out.pt")],
     ):
         status, err = run_cli(capsys, *argv)
-        assert status == 1 and message in err, err
+        assert status == 2 and message in err, err
         assert not (tmp_path / "out").exists() and not (tmp_path / "out.pt").exists()
 
 
 def test_a_tag_folder_given_as_checkpoint_dir_is_explained(checkpoint, tmp_path, capsys):
     status, err = run_cli(capsys, "export", str(checkpoint / TAG), "--out", str(tmp_path / "out.pt"))
-    assert status == 1 and f"pass its parent {str(checkpoint)!r} with --tag {TAG}" in err
+    assert status == 2 and f"pass its parent {str(checkpoint)!r} with --tag {TAG}" in err
 
 
 @pytest.mark.parametrize("world_size", ["0", "-2", "two"])
@@ -471,14 +471,14 @@ def test_an_existing_output_is_left_alone(checkpoint, tmp_path, capsys):
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
     status, err = run_cli(capsys, "reshard", str(checkpoint), "--world-size", "4", "--out", str(out))
-    assert status == 1 and "already exists" in err
+    assert status == 2 and "already exists" in err
     assert [p.name for p in out.iterdir()] == ["mine.txt"] and (out / "mine.txt").read_text() == "keep me"
     status, err = run_cli(capsys, "export", str(checkpoint), "--out", str(out / "mine.txt"))
-    assert status == 1 and "already exists" in err and (out / "mine.txt").read_text() == "keep me"
+    assert status == 2 and "already exists" in err and (out / "mine.txt").read_text() == "keep me"
     status, err = run_cli(
         capsys, "reshard", str(checkpoint), "--world-size", "4", "--out", str(checkpoint / "inside")
     )
-    assert status == 1 and "inside the source checkpoint" in err and not (checkpoint / "inside").exists()
+    assert status == 2 and "inside the source checkpoint" in err and not (checkpoint / "inside").exists()
 
 
 def test_a_failure_while_writing_leaves_no_output(checkpoint, tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from wame_dist import WAME
 from wame_dist.deepspeed import ConfigError, initialize
 from wame_dist.deepspeed.config import (
     WAME_PARAMS,
+    check_batch,
     for_client_optimizer,
     names_wame,
     read_config,
@@ -24,7 +25,7 @@ from wame_dist.deepspeed.registration import is_registered
 from wame_dist.errors import BadInput
 from wame_dist.report import results as report_results
 from wame_dist.training.config import OptimizerConfig, RunConfig, parse_args
-from wame_dist.training.ds_setup import check_batch, run_deepspeed_config
+from wame_dist.training.ds_setup import run_deepspeed_config
 from wame_dist.training.optimizers import RULES, optimizer_block, rule_name
 
 WAME_BLOCK = {"type": "WAME", "params": {"lr": 2e-3, "etas": [0.2, 1.5], "zeta_bounds": [0.05, 20.0]}}

@@ -3,7 +3,8 @@
 Two launches (2 and 4 ranks) run every scenario; each test reads one result. The reference is plain
 single-process WAME on the same global batches (tests/ds_worker.py). Tolerances: DeepSpeed averages the
 ranks' gradients, which sums in another order than one process does; with WAME's default lr (1e-3) the
-parameters stay within 1e-5 after 20 steps and no gradient sign differs, so prev_sign and zeta are equal.
+parameters stay within 1e-5 after 20 steps and no gradient sign differs, so prev_sign and zeta are equal
+(the Keras variant's prev_sign, a weight's sign, is compared where that weight is farther than 1e-5 from 0).
 """
 
 from __future__ import annotations
@@ -57,12 +58,18 @@ def load(directory, name):
     return torch.load(directory / f"{name}.pt", weights_only=False)
 
 
-def assert_matches_reference(result, reference, tolerance=PARAM_TOLERANCE):
+def assert_matches_reference(result, reference, tolerance=PARAM_TOLERANCE, sign_of_weight=False):
+    """Parameters within ``tolerance``, prev_sign and zeta equal, z and theta close. ``sign_of_weight``: the
+    Keras variant's prev_sign is the previous weight's sign, which differs where that weight was within
+    ``tolerance`` of 0 (measured: 1 of the 50,176 weights of layer 7 on 2 ranks: -5e-11, then crossing 0)."""
     params, state = reference
     for name, expected in params.items():
         assert (result["params"][name] - expected).abs().max() <= tolerance, name
         got = result["state"][name]
-        assert torch.equal(got["prev_sign"].to(torch.int8), state[name]["prev_sign"]), name
+        differ = got["prev_sign"].to(torch.int8) != state[name]["prev_sign"]
+        if sign_of_weight:  # the sign of a weight within the tolerance of 0 is float noise
+            differ &= state[name]["weight_before_last_step"].abs() > tolerance
+        assert not differ.any(), name
         assert torch.equal(got["zeta"], state[name]["zeta"]), name
         for key in ("z", "theta"):
             torch.testing.assert_close(got[key], state[name][key], rtol=1e-4, atol=1e-9)
@@ -94,7 +101,8 @@ def test_each_rank_holds_only_its_partition(zero, two_ranks, four_ranks):
 @pytest.mark.parametrize("ranks", ["two_ranks", "four_ranks"])
 def test_keras_variant_sharded_equals_one_process(ranks, zero, request):
     reference = reference_run(STEPS, variant="keras")
-    assert_matches_reference(load(request.getfixturevalue(ranks), f"{zero}_keras"), reference)
+    result = load(request.getfixturevalue(ranks), f"{zero}_keras")
+    assert_matches_reference(result, reference, sign_of_weight=True)
 
 
 def test_gradient_clipping_matches_clipped_reference(two_ranks):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import multiprocessing.synchronize
 import signal
 import subprocess
 import time
@@ -12,8 +14,8 @@ import pytest
 from launching import ROOT, VENV_BIN, job_env
 
 from wame_dist.errors import BadInput
-from wame_dist.experiment.results_file import ResultsFile
-from wame_dist.experiment.runner import final_runs
+from wame_dist.experiment.plan import final_runs
+from wame_dist.experiment.records import StudyRecords
 from wame_dist.experiment.runs import RunSpec, execute, train_command, write_init_weights
 from wame_dist.experiment.study import load_study, make_study
 from wame_dist.training.optimizers import DEFAULT_LR
@@ -47,7 +49,12 @@ def study_dir(tmp_path_factory) -> Path:
 
 
 def test_study_records_every_run(study_dir):
-    records = ResultsFile(study_dir / "results.jsonl").records()
+    records = StudyRecords(study_dir).records()
+    lines = (study_dir / "results.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == records  # the results file: the records' union
+    assert sorted(p.name for p in (study_dir / "records").iterdir()) == [
+        f"{p.name}.json" for p in sorted((study_dir / "runs").iterdir())
+    ]  # one record file per run, named as its folder
     final = [r for r in records if r["settings"]["role"] == "final"]
     tune = [r for r in records if r["settings"]["role"] == "tune"]
     assert len(final) == 2 * 4 and len(tune) == len(TUNED) * 2
@@ -60,9 +67,7 @@ def test_study_records_every_run(study_dir):
 
 
 def test_every_optimizer_of_a_seed_starts_from_the_same_weights(study_dir):
-    final = [
-        r for r in ResultsFile(study_dir / "results.jsonl").records() if r["settings"]["role"] == "final"
-    ]
+    final = [r for r in StudyRecords(study_dir).records() if r["settings"]["role"] == "final"]
     for seed in (0, 1):
         hashes = {r["init_hash"] for r in final if r["key"]["seed"] == seed}
         assert len(hashes) == 1
@@ -71,9 +76,7 @@ def test_every_optimizer_of_a_seed_starts_from_the_same_weights(study_dir):
 
 def test_tuned_rates_are_chosen_on_validation_and_used(study_dir):
     tuned = json.loads((study_dir / "tuned_lr.json").read_text())
-    final = [
-        r for r in ResultsFile(study_dir / "results.jsonl").records() if r["settings"]["role"] == "final"
-    ]
+    final = [r for r in StudyRecords(study_dir).records() if r["settings"]["role"] == "final"]
     for name in TUNED:
         scores = tuned["mean_best_val_acc"][name]
         assert tuned["chosen"][name] == max((1e-3, 1e-2), key=lambda lr: scores[repr(lr)])
@@ -161,15 +164,41 @@ def test_study_files_are_checked(tmp_path):
         load_study(tmp_path / "none.json")
 
 
-def test_results_file_appends_whole_lines(tmp_path):
-    results = ResultsFile(tmp_path / "results.jsonl")
-    for seed in range(3):
-        results.append(
-            {"key": {"dataset": "d", "model": "m", "optimizer": "wame", "seed": seed, "lr": 0.001}}
-        )
-    results.append(
-        {"key": {"dataset": "d", "model": "m", "optimizer": "wame", "seed": 0, "lr": 0.001}, "v": 2}
-    )
-    assert len(results.records()) == 4
-    assert results.finished()[("d", "m", "wame", 0, 0.001)]["v"] == 2
-    assert not list(tmp_path.glob(".results.jsonl.*")), "no temporary file is left behind"
+def record_of(seed: int, value: int) -> dict:
+    return {"key": {"dataset": "d", "model": "m", "optimizer": "wame", "seed": seed, "lr": 0.001}, "v": value}
+
+
+def file_record_when_released(out: str, seed: int, start: multiprocessing.synchronize.Event) -> None:
+    start.wait()
+    StudyRecords(out).add(record_of(seed, seed))
+
+
+def test_concurrent_finishers_lose_no_record(tmp_path):
+    """Sixteen processes file their runs' records at the same moment (as array tasks finishing together on
+    several nodes would): every record is there, whole, and no temporary file is left behind."""
+    context = multiprocessing.get_context("fork")  # separate processes, without re-importing torch
+    start = context.Event()
+    finishers = [
+        context.Process(target=file_record_when_released, args=(str(tmp_path), seed, start))
+        for seed in range(16)
+    ]
+    for process in finishers:
+        process.start()
+    start.set()
+    for process in finishers:
+        process.join(timeout=120)
+        assert process.exitcode == 0
+    records = StudyRecords(tmp_path)
+    assert sorted(r["key"]["seed"] for r in records.records()) == list(range(16))
+    assert all(r["v"] == r["key"]["seed"] for r in records.records())
+    union = records.write_results_file().read_text().splitlines()
+    assert [json.loads(line) for line in union] == records.records()
+    assert not list(tmp_path.rglob(".*")), "no temporary file is left behind"
+
+
+def test_a_record_filed_again_replaces_the_first(tmp_path):
+    records = StudyRecords(tmp_path)
+    records.add(record_of(0, 1))
+    records.add(record_of(0, 2))
+    assert records.records() == [record_of(0, 2)]
+    assert records.finished()[("d", "m", "wame", 0, 0.001)]["v"] == 2

@@ -176,10 +176,27 @@ def test_cli_writes_the_report_and_lists_it(tmp_path: Path, capsys: pytest.Captu
     assert str(tmp_path / "out" / "table2.md") in printed and len(printed) == 6
 
 
+def test_a_study_folder_reports_as_its_results_file(tmp_path: Path) -> None:
+    """A study folder's records/ (one file a run, named by its key) and the union results file give the
+    same report; a folder with neither is refused."""
+    union = write_results(tmp_path / "results.jsonl")
+    study = tmp_path / "study"
+    for number, line in enumerate(union.read_text().splitlines()):
+        if line.strip():  # reruns of a key: numbered files keep the file order, as the lines have it
+            (study / "records").mkdir(parents=True, exist_ok=True)
+            (study / "records" / f"{number:03d}.json").write_text(line)
+    write_report(union, tmp_path / "from_file")
+    write_report(study, tmp_path / "from_folder")
+    for name in ("table2.md", "table2.csv", "friedman.json"):
+        assert (tmp_path / "from_folder" / name).read_text() == (tmp_path / "from_file" / name).read_text()
+    with pytest.raises(FileNotFoundError, match="not a study folder: it has no records/ folder"):
+        read_runs(tmp_path / "from_file")
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (None, "results file not found"),
+        (None, "results not found"),
         ("\n\n", "holds no finished run"),
         ('{"key": {}}\n', ":1: not a valid"),
     ],

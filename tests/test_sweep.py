@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from launching import ROOT, VENV_BIN, job_env
 
-from wame_dist.experiment.results_file import ResultsFile
+from wame_dist.experiment.records import StudyRecords
 from wame_dist.sweep import cli
 
 pytestmark = pytest.mark.slurm
@@ -42,7 +42,7 @@ RUNS = [(seed, optimizer) for seed in (0, 1) for optimizer in ("wame", "adam")] 
 
 
 def records(out: Path) -> dict[tuple[int, str], dict]:
-    found = ResultsFile(out / "results.jsonl").records()
+    found = StudyRecords(out).records()
     return {(r["key"]["seed"], r["key"]["optimizer"]): r for r in found}
 
 
@@ -127,12 +127,14 @@ def test_sbatch_sweep_reports_at_the_end(slurm_cluster, sbatch_sweep):
     written = {p.name for p in (out / "report").iterdir()}
     assert {"table2.md", "friedman.md", "figure1_digits_table1a.png"} <= written
     assert "WAME" in (out / "report" / "table2.md").read_text()
+    union = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert union == StudyRecords(out).records() and len(union) == len(RUNS)
 
 
 def test_sbatch_sweep_again_submits_nothing(sbatch_sweep, study):
     proc = sweep_sh(study, sbatch_sweep.out)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "4 runs, 4 in results.jsonl, 0 to run" in proc.stderr
+    assert "4 runs, 4 recorded, 0 to run" in proc.stderr
     assert "nothing to submit" in proc.stdout
     assert "submitted" not in proc.stdout
 
@@ -178,8 +180,9 @@ def submitit_sweep(slurm_cluster, sbatch_sweep, study, tmp_path_factory) -> Subm
     a signal in the first 10 minutes for a preemption, later ones for the time limit: both requeue.)"""
     out = tmp_path_factory.mktemp("submitit") / "sweep"
     out.mkdir()
-    seed0 = [r for r in ResultsFile(sbatch_sweep.out / "results.jsonl").records() if r["key"]["seed"] == 0]
-    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in seed0))
+    for record in StudyRecords(sbatch_sweep.out).records():
+        if record["key"]["seed"] == 0:
+            StudyRecords(out).add(record)
     output = out.parent / "output.txt"
     command = [str(VENV_BIN / "wame-dist"), "sweep", str(study), "--out", str(out), "--cluster", "slurm"]
     with open(output, "w") as sink:
@@ -235,7 +238,7 @@ def test_submitit_sweep_preempted_run_resumes_to_the_same_result(submitit_sweep,
 
 def test_submitit_sweep_again_submits_nothing(submitit_sweep, study, capsys):
     assert cli.main([str(study), "--out", str(submitit_sweep.out), "--cluster", "slurm"]) == 0
-    assert "all 4 runs are in results.jsonl: nothing to submit" in capsys.readouterr().out
+    assert "all 4 runs are recorded: nothing to submit" in capsys.readouterr().out
 
 
 def test_submitit_local_cluster_two_tasks(study, tmp_path, capsys):
@@ -272,6 +275,6 @@ def test_submitit_failed_run_is_listed_and_retried_alone(tmp_path, capsys):
     assert "1 run(s) failed; run the same command again to retry only them:" in output, output
     assert "mnist-table1a-wame-seed0-lr0.001 (job " in output
     assert "DataNotFound: MNIST data not found: missing train-images-idx3-ubyte" in output
-    assert not (out / "results.jsonl").exists()
+    assert not (out / "records").exists() and not (out / "results.jsonl").exists()
     assert cli.main(command) == 1
     assert f"{out}: 1 runs, 1 to run" in capsys.readouterr().out

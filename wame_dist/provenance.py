@@ -1,7 +1,8 @@
 """What produced a result: the code, the software, the machines and the shape of the job.
 
-:func:`collect` is called on every rank once the process group is up (it gathers the host names) and
-returns the same record everywhere; the training loop stores it in ``result.json`` under
+:func:`collect` is called on every rank once the process group is up and returns the same record
+everywhere: rank 0 alone asks git and the packages (hundreds of ranks do not run git on a shared file
+system), every rank gives its host name; the training loop stores it in ``result.json`` under
 ``"environment"``. :func:`signature` condenses the parts that may change the numbers (code, software,
 accelerator) into one line, which the report uses to keep results of different origins apart.
 """
@@ -28,8 +29,15 @@ _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def collect(launcher: str) -> dict[str, Any]:
-    """The environment of this run (a collective: every rank must call it), with its :func:`signature`."""
-    environment = {"code": code(), "software": software(), "machine": machine(), "launch": launch(launcher)}
+    """The environment of this run (a collective: every rank must call it), with its :func:`signature`;
+    code, software and machine are rank 0's."""
+    grouped = dist.is_available() and dist.is_initialized()
+    shared = [None]
+    if not grouped or dist.get_rank() == 0:
+        shared = [{"code": code(), "software": software(), "machine": machine()}]
+    if grouped:
+        dist.broadcast_object_list(shared, src=0)
+    environment = {**shared[0], "launch": launch(launcher)}
     return {**environment, "signature": signature(environment)}
 
 

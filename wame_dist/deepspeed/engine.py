@@ -34,7 +34,7 @@ def initialize(
     A config (``config``, ``config_params`` or ``args.deepspeed_config``) that selects ``"type": "WAME"`` is
     checked before DeepSpeed starts (unknown keys, bad values) and refused together with an ``optimizer``
     argument. A WAME instance (or a callable that builds one) passed as ``optimizer`` gets the config a
-    client optimizer needs (:func:`wame_dist.deepspeed.config.for_client_optimizer`). Anything else goes to
+    client optimizer needs (:func:`wame_dist.deepspeed.config.engine_config`). Anything else goes to
     DeepSpeed unchanged.
     """
     register()
@@ -66,7 +66,7 @@ def initialize(
             args=args, optimizer=optimizer, config=config, config_params=config_params, **common
         )
     else:
-        loaded = ds_config.for_client_optimizer(loaded)
+        loaded = ds_config.engine_config(loaded, client_optimizer=True)
 
     if getattr(args, "deepspeed_config", None) is not None:
         args = argparse.Namespace(**{**vars(args), "deepspeed_config": None})  # DeepSpeed refuses two configs

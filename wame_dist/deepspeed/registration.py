@@ -1,8 +1,9 @@
 """WAME as an optimizer of DeepSpeed itself: :func:`register`, and :func:`require_wame`, the check that the
 optimizer a DeepSpeed engine steps is WAME.
 
-This is the one module that uses DeepSpeed's private API (DeepSpeed 0.19). :func:`register` changes, once
-per process, three methods of ``deepspeed.runtime.engine.DeepSpeedEngine`` and one list:
+This is the one module that patches DeepSpeed (0.19; its private names come from :mod:`._deepspeed_compat`).
+:func:`register` changes, once per process, three methods of ``deepspeed.runtime.engine.DeepSpeedEngine``
+and one list:
 
 * ``_is_supported_optimizer`` (the engine's sanity check) also accepts the name WAME, in any case;
 * ``_configure_basic_optimizer`` builds WAME from a WAME block (checked by
@@ -21,14 +22,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from deepspeed.runtime import engine as ds_engine
-from deepspeed.runtime.zero import utils as zero_utils
-
+from wame_dist.deepspeed._deepspeed_compat import ZERO_SUPPORTED_OPTIMIZERS
+from wame_dist.deepspeed._deepspeed_compat import DeepSpeedEngine as _Engine
 from wame_dist.deepspeed.config import is_wame_name, names_wame, wame_builder
 from wame_dist.errors import BadInput
 from wame_dist.optim import WAME
-
-_Engine = ds_engine.DeepSpeedEngine
 
 #: How to get WAME stepped: the end of the error :func:`require_wame` raises.
 FIX = (
@@ -70,7 +68,7 @@ def register() -> None:
     for patched in (_is_supported_optimizer, _configure_basic_optimizer, _configure_optimizer):
         patched.__wame_dist__ = True
         setattr(_Engine, patched.__name__, patched)
-    zero_utils.ZERO_SUPPORTED_OPTIMIZERS.append(WAME)
+    ZERO_SUPPORTED_OPTIMIZERS.append(WAME)
 
 
 def is_registered() -> bool:

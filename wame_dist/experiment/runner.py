@@ -5,24 +5,26 @@
    and tuning seed; the rate with the best mean best-validation accuracy is chosen (ties: the first in
    the grid) and written to ``tuned_lr.json``.
 3. The final runs, optimizers x seeds, at the chosen (or documented default) rates.
-4. ``wame-dist report`` on the results.
+4. ``results.jsonl`` (the union of the runs' records) and ``wame-dist report`` on them.
 
-Runs go ``parallel`` at a time, each in its own process(es). A run already in the results file is not run
-again; one that was killed resumes from its last epoch checkpoint. A failed run does not stop the others;
-the failures are listed at the end (and running the study again retries only them).
+Runs go ``parallel`` at a time, each in its own process(es) (the plan: :mod:`wame_dist.experiment.plan`).
+A run the study folder has a record of is not run again; one that was killed resumes from its last epoch
+checkpoint. A failed run does not stop the others; the failures are listed at the end (and running the
+study again retries only them).
 """
 
 from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from wame_dist import atomic
-from wame_dist.experiment.results_file import ResultsFile
-from wame_dist.experiment.runs import RunFailed, RunSpec, execute, record_result, write_init_weights
+from wame_dist.experiment import plan
+from wame_dist.experiment.records import StudyRecords
+from wame_dist.experiment.runs import RunFailed, RunSpec, execute, record_result
 from wame_dist.experiment.study import StudyConfig
 from wame_dist.training.progress import Progress
 
@@ -31,23 +33,11 @@ class StudyFailed(RuntimeError):
     """Some runs failed; the message lists them (the others' results are recorded)."""
 
 
-def final_runs(study: StudyConfig, rates: Mapping[str, float] | None = None) -> list[RunSpec]:
-    """The reported runs, seed-major (every optimizer of seed 0, then of seed 1, ...), at ``rates``
-    (default: the study's documented ones)."""
-    rates = study.lr if rates is None else rates
-    return [
-        RunSpec(name, seed, rates[name], "final") for seed in study.final_seeds() for name in study.optimizers
-    ]
-
-
 def run_all(
     study: StudyConfig, specs: Iterable[RunSpec], out: Path, parallel: int, progress: Progress
 ) -> None:
-    """Runs the specs not yet in the results file; raises :class:`StudyFailed` listing failures."""
-    done = ResultsFile(out / "results.jsonl").finished()
-    todo = [s for s in specs if s.key(study) not in done]
-    for seed in sorted({s.seed for s in todo}):
-        write_init_weights(study, out, seed)
+    """Runs the specs that ``out`` has no record of; raises :class:`StudyFailed` listing failures."""
+    todo = [spec for _, spec in plan.prepare(study, list(specs), out)]
     failures = []
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         futures = {pool.submit(execute, study, spec, out): spec for spec in todo}
@@ -72,15 +62,9 @@ def run_all(
 
 def tune(study: StudyConfig, out: Path, parallel: int, progress: Progress) -> dict[str, float]:
     """Chooses each optimizer's rate on the validation set; returns (and writes) the chosen rates."""
-    grid = {name: rates for name, rates in study.tune.grid.items() if name in study.optimizers}
-    specs = [
-        RunSpec(name, seed, lr, "tune")
-        for name, rates in grid.items()
-        for lr in rates
-        for seed in study.tune_seeds()
-    ]
-    run_all(study, specs, out, parallel, progress)
-    finished = ResultsFile(out / "results.jsonl").finished()
+    grid = plan.tuning_grid(study)
+    run_all(study, plan.tuning_runs(study), out, parallel, progress)
+    finished = StudyRecords(out).finished()
     chosen, scores = {}, {}
     for name, rates in grid.items():
         scores[name] = {}
@@ -112,7 +96,7 @@ def run_study(
     rates = dict(study.lr)
     if tuned and study.tune.grid:
         rates.update(tune(study, out, parallel, progress))
-    run_all(study, final_runs(study, rates), out, parallel, progress)
+    run_all(study, plan.final_runs(study, rates), out, parallel, progress)
     # A study resumed after a code change holds runs of both: its own report lists every environment (its
     # Environment section) rather than failing at the end; `wame-dist report` alone refuses such a mix.
-    return write_report(out / "results.jsonl", out, mixed_environments=True)
+    return [StudyRecords(out).write_results_file(), *write_report(out, out, mixed_environments=True)]

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wame_dist.experiment.results_file import ResultsFile
+from wame_dist.experiment.records import StudyRecords
 from wame_dist.experiment.study import StudyConfig
+from wame_dist.report.record import KEY_FIELDS, RESULT_FILE, Key, run_name
 from wame_dist.training.config import DataConfig, ModelConfig, OptimizerConfig, RunConfig
 from wame_dist.training.init_weights import initial_network, network_settings, save_init_weights
 
@@ -32,10 +33,11 @@ class RunSpec:
     role: str  # "tune" or "final"
 
     def name(self, study: StudyConfig) -> str:
-        return f"{study.dataset}-{study.network}-{self.optimizer}-seed{self.seed}-lr{self.lr:g}"
+        """Its folder's and record's name (:func:`wame_dist.report.record.run_name`)."""
+        return run_name(dict(zip(KEY_FIELDS, self.key(study), strict=True)))
 
-    def key(self, study: StudyConfig) -> tuple:
-        """The run's key in the results file (:func:`wame_dist.experiment.results_file.key_of`)."""
+    def key(self, study: StudyConfig) -> Key:
+        """Its record's key (:func:`wame_dist.report.record.key_of`)."""
         return study.dataset, study.network, self.optimizer, self.seed, float(self.lr)
 
 
@@ -106,13 +108,12 @@ def execute(study: StudyConfig, spec: RunSpec, out: Path) -> Path:
 
 
 def record_result(study: StudyConfig, spec: RunSpec, out: Path) -> dict[str, Any]:
-    """Appends the finished run's ``result.json``, with its role, to ``out``'s results file (once: a run
-    already there is not added again), then deletes its checkpoints, no longer needed. Returns the record."""
+    """Files the finished run's ``result.json``, with its role, as its record in ``out``
+    (:class:`~wame_dist.experiment.records.StudyRecords`), then deletes its checkpoints, no longer needed.
+    Returns the record."""
     folder = run_dir(study, spec, out)
-    record = json.loads((folder / "result.json").read_text())
+    record = json.loads((folder / RESULT_FILE).read_text())
     record["settings"]["role"] = spec.role
-    results = ResultsFile(out / "results.jsonl")
-    if spec.key(study) not in results.finished():
-        results.append(record)
+    StudyRecords(out).add(record)
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     return record

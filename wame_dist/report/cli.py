@@ -1,4 +1,4 @@
-"""The ``wame-dist report RESULTS --out DIR`` command."""
+"""The ``wame-dist report STUDY_DIR|RESULTS.jsonl --out DIR`` command."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wame-dist report",
         description="Write Table 2 (Markdown, CSV), Figure 1 (PNG per data set) and Friedman aligned-ranks "
-        "tests (Markdown, JSON) from a results file (JSON Lines, one finished run a line).",
+        "tests (Markdown, JSON) from a study's finished runs: its folder (records/, one file a run) or a "
+        "results file (JSON Lines, one run a line).",
     )
-    parser.add_argument("results", help="the results file (.jsonl)")
+    parser.add_argument("results", help="a study or sweep folder, or a results file (.jsonl)")
     parser.add_argument("--out", required=True, help="folder to write the report into (created if needed)")
     parser.add_argument(
         "--mixed-environments",
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs ``wame-dist report``; prints the files written. A missing, empty or malformed results file
+    """Runs ``wame-dist report``; prints the files written. Missing, empty or malformed results
     ends with argparse's usage error (exit status 2)."""
     parser = build_parser()
     args = parser.parse_args(argv)

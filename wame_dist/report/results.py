@@ -1,12 +1,13 @@
-"""Reading the results file (JSON Lines, one finished run a line) and choosing the runs to report."""
+"""Reading finished runs (:mod:`wame_dist.report.record`) and choosing the runs to report."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from wame_dist.report.record import Key, key_of, read_records
 
 #: Optimizer names as recorded, in the paper's order, with their display names (report/ imports nothing
 #: else, so these mirror wame_dist.training.optimizers.RULES; a test holds them equal).
@@ -40,20 +41,21 @@ class Run:
     environment_detail: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
-    def key(self) -> tuple[str, str, str, int, float]:
-        """What identifies a run: (dataset, model, optimizer, seed, lr)."""
+    def key(self) -> Key:
+        """What identifies a run: (dataset, model, optimizer, seed, lr), as
+        :func:`~wame_dist.report.record.key_of` gives it."""
         return self.dataset, self.model, self.optimizer, self.seed, self.lr
 
 
 def parse_run(record: Mapping) -> Run:
-    """A :class:`Run` from one decoded line of the results file; ``final`` is ``settings.role == "final"``."""
-    key = record["key"]
+    """A :class:`Run` from one decoded record; ``final`` is ``settings.role == "final"``."""
+    dataset, model, optimizer, seed, lr = key_of(record)
     return Run(
-        dataset=key["dataset"],
-        model=key["model"],
-        optimizer=key["optimizer"],
-        seed=int(key["seed"]),
-        lr=float(key["lr"]),
+        dataset=dataset,
+        model=model,
+        optimizer=optimizer,
+        seed=seed,
+        lr=lr,
         train_loss={int(e["epoch"]): float(e["train_loss"]) for e in record["epochs"]},
         best_epoch=int(record["best_epoch"]),
         test_acc_at_best=float(record["test_acc_at_best"]),
@@ -65,25 +67,20 @@ def parse_run(record: Mapping) -> Run:
 
 
 def read_runs(path: str | Path) -> list[Run]:
-    """Every run in the results file ``path``, in file order; blank lines are skipped.
+    """Every run at ``path`` (a study's folder or a results file; see
+    :func:`wame_dist.report.record.read_records`), in its stable order.
 
-    Raises ``FileNotFoundError`` when the file is missing and ``ValueError`` when it holds no run or a
-    line is not a valid record (the message names the line).
+    Raises ``FileNotFoundError`` when there is nothing to read and ``ValueError`` when there is no run or a
+    record is not valid (the message names its file and line).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"results file not found: {path}")
     runs = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                runs.append(parse_run(json.loads(line)))
-            except (ValueError, KeyError, TypeError) as err:
-                raise ValueError(f"{path}:{number}: not a valid run record ({err!r})") from err
+    for where, record in read_records(path):
+        try:
+            runs.append(parse_run(record))
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{where}: not a valid run record ({err!r})") from err
     if not runs:
-        raise ValueError(f"results file {path} holds no finished run")
+        raise ValueError(f"{path} holds no finished run")
     return runs
 
 
@@ -93,7 +90,7 @@ Groups = dict[tuple[str, str], dict[str, list[Run]]]
 def chosen_runs(runs: Sequence[Run]) -> Groups:
     """The runs to report, as ``{(dataset, model): {optimizer: [runs]}}``, optimizers in the paper's order.
 
-    A results file may hold several learning rates per (dataset, optimizer, seed) from tuning. Per
+    A study may hold several learning rates per (dataset, optimizer, seed) from tuning. Per
     (dataset, model, optimizer), the runs marked ``settings.role == "final"`` (the chosen lr) are used if
     there is any, otherwise all of that group's runs. A run repeated under the same key (dataset, model,
     optimizer, seed, lr) counts once: its last line wins.
@@ -139,6 +136,6 @@ def check_one_environment(groups: Groups) -> None:
         )
         raise ValueError(
             f"the results mix runs from {len(found)} environments ({listing}); report each environment's "
-            "runs from its own results file, or pass --mixed-environments to report them together (the "
+            "runs from its own study folder, or pass --mixed-environments to report them together (the "
             "report then lists every environment and its runs)"
         )

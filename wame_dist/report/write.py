@@ -1,4 +1,4 @@
-"""``write_report``: Table 2, Figure 1 and the significance tests from one results file."""
+"""``write_report``: Table 2, Figure 1 and the significance tests from a study's finished runs."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from wame_dist.report.table2 import table2_markdown, table2_rows, write_table2_c
 def write_report(
     results_path: str | Path, out_dir: str | Path, *, mixed_environments: bool = False
 ) -> list[Path]:
-    """Reads the results file and writes the report into ``out_dir`` (created if needed).
+    """Reads the runs at ``results_path`` (a study folder or a results file,
+    :func:`wame_dist.report.results.read_runs`) and writes the report into ``out_dir`` (created if needed).
 
     Files: ``table2.md``, ``table2.csv``, ``figure1_<dataset>_<model>.png`` per data set, and
     ``friedman.md`` / ``friedman.json``. Returns their paths. Which runs count is decided by

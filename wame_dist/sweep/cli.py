@@ -4,10 +4,11 @@ On SLURM the runs go as one job array (at most ``--array-parallelism`` at a time
 resources given here (nodes, tasks = GPUs per node, CPUs, time, partition, account; the site file's
 ``site_setup`` runs first in every job). ``--cluster local`` runs them on this machine instead,
 ``--array-parallelism`` at a time. The initial weights of every seed are written before anything is
-submitted; each job appends its result to ``DIR/results.jsonl``; a preempted or timed-out job is requeued
+submitted; each job files its run's record in ``DIR/records/``; a preempted or timed-out job is requeued
 and resumes from its last epoch checkpoint. At the end the command lists the runs that failed and writes
-the report (``wame-dist report``) into ``DIR/report``. Running it again submits only the runs missing from
-the results file (the failed ones); when none is missing it says so and submits nothing.
+``DIR/results.jsonl`` (every record, one a line) and the report (``wame-dist report``) into ``DIR/report``.
+Running it again submits only the runs with no record (the failed ones); when none is missing it says so
+and submits nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 
 import submitit
 
-from wame_dist.experiment.runner import final_runs
+from wame_dist.experiment import plan
+from wame_dist.experiment.records import StudyRecords
 from wame_dist.experiment.runs import RunSpec
 from wame_dist.experiment.study import StudyConfig, load_study
 from wame_dist.report import write_report
@@ -35,7 +37,9 @@ SITE = os.environ.get("WAME_SITE", "slurm/site.sh")
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wame-dist sweep", description=__doc__.split("\n\n")[1])
     p.add_argument("study", help="a study file, e.g. configs/studies/cifar10.json")
-    p.add_argument("--out", required=True, help="the sweep folder (results.jsonl, runs/, report/, logs/)")
+    p.add_argument(
+        "--out", required=True, help="the sweep folder (records/, results.jsonl, runs/, report/, logs/)"
+    )
     p.add_argument("--seeds", type=int, default=None, help="override the study's number of seeds")
     p.add_argument("--epochs", type=int, default=None, help="override the study's epochs")
     p.add_argument(
@@ -108,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     out = Path(args.out).resolve()
     study, missing = grid.prepare(load_study(args.study, seeds=args.seeds, epochs=args.epochs), out)
-    total = len(final_runs(study))
+    total = len(plan.final_runs(study))
     if not missing:
-        print(f"{out}: all {total} runs are in {grid.RESULTS_FILE}: nothing to submit")
+        print(f"{out}: all {total} runs are recorded: nothing to submit")
         return 0
     print(f"{out}: {total} runs, {len(missing)} to run")
     ex = executor(args, study, out)
@@ -121,9 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     for start in range(0, len(specs), wave):
         failed += run(ex, fn, specs[start : start + wave], study)
-    if (out / grid.RESULTS_FILE).exists():
+    records = StudyRecords(out)
+    if records.records():
+        print(records.write_results_file())
         # as a study's own report: every environment listed (wame-dist report alone refuses a mix)
-        for path in write_report(out / grid.RESULTS_FILE, out / "report", mixed_environments=True):
+        for path in write_report(out, out / "report", mixed_environments=True):
             print(path)
     if failed:
         print(f"{len(failed)} run(s) failed; run the same command again to retry only them:")

@@ -11,7 +11,8 @@ The module is the same under every launcher (wame_dist.launch_env finds rank and
 ``python -m wame_dist.training --help`` (generated from :class:`wame_dist.training.config.RunConfig`).
 Rank 0 prints progress and writes metrics.jsonl, result.json and checkpoints/ under --out-dir; a run
 started again with the same --out-dir resumes from its newest complete checkpoint. Bad input (a missing
-data folder, a config that cannot work) ends every rank with one line on stderr and exit status 2.
+data folder, a config that cannot work) ends every rank with one line on stderr and exit status 2;
+``--check`` finds it in one process, without starting any rank (the SLURM templates run it first).
 """
 
 from __future__ import annotations
@@ -20,17 +21,21 @@ import sys
 from collections.abc import Sequence
 
 from wame_dist.errors import run_command
-from wame_dist.training.config import parse_args
-from wame_dist.training.loop import train
+from wame_dist.training.config import parse_command
+from wame_dist.training.loop import check, train
 
 
 def _train(argv: Sequence[str]) -> int:
-    train(parse_args(list(argv)))
+    run, check_only = parse_command(list(argv))
+    if check_only:
+        print(f"checked: {check(run)}")
+    else:
+        train(run)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_command("train", _train, sys.argv[1:] if argv is None else argv)
+    return run_command("python -m wame_dist.training", _train, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ from typing import Any
 import torch.distributed as dist
 
 from wame_dist import atomic
+from wame_dist.deepspeed._deepspeed_compat import LATEST
 from wame_dist.deepspeed.checkpoint import safe_load
+from wame_dist.deepspeed.checkpoint.layout import model_files
 from wame_dist.errors import BadInput
 from wame_dist.training.config import RunConfig
 
@@ -46,7 +48,7 @@ def save(engine, run: RunConfig, epoch: int, recorder) -> None:
     dist.barrier()
     if dist.get_rank() == 0:
         atomic.write_text(folder / tag / COMPLETE, "")
-        atomic.write_text(folder / "latest", tag)
+        atomic.write_text(folder / LATEST, tag)
         complete = sorted(p for p in folder.glob("epoch*") if (p / COMPLETE).exists())
         for old in complete[: -run.keep_checkpoints]:
             shutil.rmtree(old)
@@ -55,7 +57,7 @@ def save(engine, run: RunConfig, epoch: int, recorder) -> None:
 
 def latest_complete(folder: Path) -> str | None:
     """The tag ``latest`` names if that checkpoint is complete, else the newest complete one, else None."""
-    pointer = folder / "latest"
+    pointer = folder / LATEST
     if pointer.exists():
         tag = pointer.read_text().strip()
         if (folder / tag / COMPLETE).exists() or ((folder / tag).is_dir() and not _ours(folder)):
@@ -97,9 +99,9 @@ def saved_state(path: Path, *, trust: bool = False) -> tuple[str, dict[str, Any]
             safe_load.require_trusted(file)
     if (path / CLIENT_STATE).exists():
         return "fsdp2", safe_load.load(path / CLIENT_STATE, trust=trust)
-    states = sorted(path.glob("*model_states.pt"))
+    states = model_files(path) if path.is_dir() else []
     if states:
-        return "deepspeed", safe_load.load(states[0], trust=trust)
+        return "deepspeed", safe_load.load(path / states[0], trust=trust)
     raise BadInput(
         f"{path} is not a checkpoint of launch/train.py (no *model_states.pt, no {CLIENT_STATE}); delete it "
         "or use another --out-dir"

@@ -220,19 +220,32 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_options(p, RunConfig)
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="check the settings, the DeepSpeed config, the data and the initial-weights file, then exit "
+        "(what a batch job does before it starts any rank)",
+    )
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
 
-def parse_args(argv: list[str] | None = None) -> RunConfig:
-    """The :class:`RunConfig` of a command line; an invalid one ends with argparse's usage error (exit 2)."""
+def parse_command(argv: list[str] | None = None) -> tuple[RunConfig, bool]:
+    """The :class:`RunConfig` of a command line and whether it asks for ``--check`` only; an invalid one
+    ends with argparse's usage error (exit 2)."""
     p = parser()
     values = vars(p.parse_args(argv))
     values.pop("local_rank")
+    check_only = values.pop("check")
     try:
-        return _build(RunConfig, values)
+        return _build(RunConfig, values), check_only
     except BadInput as error:
         p.error(str(error))
+
+
+def parse_args(argv: list[str] | None = None) -> RunConfig:
+    """The :class:`RunConfig` of a command line (:func:`parse_command` without ``--check``)."""
+    return parse_command(argv)[0]
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:

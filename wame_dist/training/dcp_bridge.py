@@ -19,6 +19,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from wame_dist import atomic
+from wame_dist.deepspeed._deepspeed_compat import LATEST
 from wame_dist.deepspeed.checkpoint import safe_load
 from wame_dist.deepspeed.checkpoint.consolidate import consolidate
 from wame_dist.deepspeed.checkpoint.export import FORMAT, exported
@@ -63,7 +64,7 @@ def zero_to_dcp(
                 path / CLIENT_STATE,
             )
         atomic.write_text(path / COMPLETE, "")
-        atomic.write_text(folder / "latest", meta["tag"])
+        atomic.write_text(folder / LATEST, meta["tag"])
     return meta
 
 

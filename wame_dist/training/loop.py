@@ -22,8 +22,26 @@ from wame_dist.launch_env import discover
 from wame_dist.models import count_parameters, set_samples
 from wame_dist.training import checkpoints, engines, init_weights
 from wame_dist.training.config import RunConfig
+from wame_dist.training.ds_setup import run_deepspeed_config
 from wame_dist.training.progress import Progress
 from wame_dist.training.results import RunRecorder
+
+
+def check(run: RunConfig) -> str:
+    """What can be checked before any rank starts, as :func:`train` checks it: the DeepSpeed config with
+    the run's overrides (the batch against the world size is checked at start), the data set's files and
+    the initial-weights file. Raises :class:`~wame_dist.errors.BadInput`; returns a one-line summary."""
+    config = run_deepspeed_config(run, world_size=None)
+    splits = load_splits(run.data.dataset, run.data.data_dir, download=run.data.download)
+    settings = init_weights.network_settings(run.data.dataset, run.model_name, run.model.width)
+    if run.init_weights:
+        model = init_weights.initial_network(settings, run.seed)
+        init_weights.load_init_weights(run.init_weights, model, {**settings, "seed": run.seed})
+    return (
+        f"{run.data.dataset} ({len(splits.train[1])} training samples), {run.model_name} x{run.model.width}, "
+        f"{config['optimizer']['type']} {config['optimizer'].get('params', {})}, {run.epochs} epoch(s), "
+        f"initial weights {run.init_weights or f'drawn from seed {run.seed}'}"
+    )
 
 
 def train(run: RunConfig) -> dict[str, Any]:

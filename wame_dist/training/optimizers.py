@@ -70,11 +70,6 @@ def rule_name(block: dict[str, Any]) -> str:
     return max(matches)[1] if matches else kind
 
 
-def needs_untested_flag(block: dict[str, Any]) -> bool:
-    """ZeRO accepts only DeepSpeed's own optimizers unless ``zero_allow_untested_optimizer`` is set."""
-    return block.get("type", "").lower() in ("rmsprop", "sgd")
-
-
 def torch_optimizer(block: dict[str, Any], params) -> torch.optim.Optimizer:
     """The optimizer an "optimizer" block names, built as ``torch.optim`` (and wame_dist) classes, for the
     engines that do not build it themselves (FSDP2). "Adam" follows DeepSpeed: AdamW unless

@@ -1,10 +1,10 @@
 """The record of one run: per-epoch metrics, the chosen epoch, and the settings that produced them.
 
 Rank 0 keeps ``metrics.jsonl`` (one line per epoch) and, at the end, ``result.json`` in the run's folder;
-both are rewritten atomically, so a crash leaves the previous complete version. ``result.json`` has the
-format of a line of the experiment's results file (see :mod:`wame_dist.report.results`), and says what
-produced it: ``"environment"`` (code, software, machine, job shape; :mod:`wame_dist.provenance`) and
-``settings.effective_config`` (the DeepSpeed-style config as the engine received it).
+both are rewritten atomically, so a crash leaves the previous complete version. ``result.json`` is a run
+record (its format: :mod:`wame_dist.report.record`) and says what produced it: ``"environment"`` (code,
+software, machine, job shape; :mod:`wame_dist.provenance`) and ``settings.effective_config``
+(the DeepSpeed-style config as the engine received it).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from wame_dist import atomic
+from wame_dist.report.record import KEY_FIELDS, RESULT_FILE
 from wame_dist.training.config import RunConfig
 from wame_dist.training.optimizers import rule_name
 
@@ -33,13 +34,14 @@ class RunRecorder:
         """``environment``: what produced the run (:mod:`wame_dist.provenance`); ``effective_config``: the
         config its engine received."""
         self.out = Path(run.out_dir)
-        self.key = {
-            "dataset": run.data.dataset,
-            "model": run.model_name,
-            "optimizer": rule_name(optimizer),
-            "seed": run.seed,
-            "lr": optimizer.get("params", {}).get("lr"),
-        }
+        key = (
+            run.data.dataset,
+            run.model_name,
+            rule_name(optimizer),
+            run.seed,
+            optimizer.get("params", {}).get("lr"),
+        )
+        self.key = dict(zip(KEY_FIELDS, key, strict=True))
         self.settings = settings
         self.init_hash = init_hash
         self.enabled = enabled
@@ -92,5 +94,5 @@ class RunRecorder:
             "environment": self.environment,
         }
         if self.enabled:
-            atomic.write_text(self.out / "result.json", json.dumps(result, indent=1))
+            atomic.write_text(self.out / RESULT_FILE, json.dumps(result, indent=1))
         return result

@@ -18,28 +18,17 @@ Anything else ends in a :class:`CheckpointError` whose message says what was fou
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
-
+from wame_dist.deepspeed import _deepspeed_compat as ds_names
+from wame_dist.deepspeed._deepspeed_compat import DeepSpeedZeroConfig
 from wame_dist.deepspeed.checkpoint import safe_load
 from wame_dist.errors import BadInput
 
-Z12_MODEL_FILE = "mp_rank_00_model_states.pt"
-#: What save_checkpoint writes beside the tag folders: the tag pointers and its recovery scripts.
-DEEPSPEED_FILES = ("latest", "latest_universal", "zero_to_fp32.py", "zero_to_torch.py")
 ZERO_FLAVOR = "zero"
 BF16_OPTIMIZER_FLAVOR = "bf16_optimizer"
-
-_OPTIM_FILE = re.compile(r"^(bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
-_Z3_MODEL_FILE = re.compile(r"^zero_pp_rank_(\d+)_mp_rank_(\d+)_model_states\.pt$")
-_Z12_MODEL_FILE = re.compile(r"^mp_rank_(\d+)_model_states\.pt$")
-_PIPELINE_FILE = re.compile(r"^layer_\d+-model_\d+-model_states\.pt$")
-_EXPERT_FILE = re.compile(r"^expp_rank_\d+_|(^|_)expert_\d+_")
-_MODEL_PARALLEL_RANK = re.compile(r"mp_rank_(\d+)_(model|optim)_states\.pt$")
 
 
 class CheckpointError(BadInput):
@@ -55,7 +44,7 @@ class Checkpoint:
     stage: int  #: 1, 2 or 3
     flavor: str  #: ZERO_FLAVOR, or BF16_OPTIMIZER_FLAVOR (ZeRO-1 under DeepSpeed's BF16_Optimizer)
     world_size: int  #: data-parallel ranks that wrote it
-    prefix: str  #: "bf16_" when the engine ran in bf16, else ""
+    prefix: str  #: BF16_PREFIX ("bf16_") when the engine ran in bf16, else ""
     model_states: dict[str, Any]  #: rank 0's model states (ZeRO-3: every rank's are alike)
     optim_states: list[dict[str, Any]]  #: per rank: ``optimizer_state_dict`` of its optim-states file
     optim_file: dict[str, Any]  #: rank 0's optim-states file less ``optimizer_state_dict`` (ds_config...)
@@ -77,9 +66,9 @@ def resolve_tag(root: str | Path, tag: str | None = None) -> tuple[Path, str]:
             "engine.save_checkpoint (the one holding 'latest' and the tag folders)"
         )
     if tag is None:
-        latest = root / "latest"
+        latest = root / ds_names.LATEST
         if not latest.is_file():
-            if _model_files(root):
+            if model_files(root):
                 raise CheckpointError(
                     f"{str(root)!r} is a tag folder, not a checkpoint directory; pass its parent "
                     f"{str(root.parent)!r} with --tag {root.name}"
@@ -99,13 +88,13 @@ def resolve_tag(root: str | Path, tag: str | None = None) -> tuple[Path, str]:
 
 def host_entries(root: Path) -> list[Path]:
     """The files and folders of checkpoint directory ``root`` that DeepSpeed did not write (not a tag folder,
-    nor one of :data:`DEEPSPEED_FILES`): what the host saved beside DeepSpeed's checkpoint (HF Trainer's
+    nor one of ``DEEPSPEED_FILES``): what the host saved beside DeepSpeed's checkpoint (HF Trainer's
     ``trainer_state.json``, ``training_args.bin``, ``rng_state_{rank}.pth``; Accelerate's
     ``random_states_{rank}.pkl``...)."""
     return sorted(
         path
         for path in root.iterdir()
-        if path.name not in DEEPSPEED_FILES and not (path.is_dir() and _model_files(path))
+        if path.name not in ds_names.DEEPSPEED_FILES and not (path.is_dir() and model_files(path))
     )
 
 
@@ -116,11 +105,11 @@ def read_checkpoint(root: str | Path, tag: str | None = None, *, trust: bool = F
     folder = root / tag
     names = sorted(path.name for path in folder.iterdir())
     _refuse_unsupported_files(folder, names)
-    optim_files = {m.group(2): m for m in map(_OPTIM_FILE.match, names) if m}
-    if not _model_files(folder):
+    optim_files = {m.group(2): m for m in map(ds_names.OPTIM_FILE.match, names) if m}
+    if not model_files(folder):
         raise CheckpointError(
-            f"{str(folder)!r} holds no DeepSpeed model states ({Z12_MODEL_FILE} or "
-            "zero_pp_rank_0_mp_rank_00_model_states.pt): not a DeepSpeed checkpoint"
+            f"{str(folder)!r} holds no DeepSpeed model states ({ds_names.Z12_MODEL_FILE} or "
+            f"{ds_names.zero3_model_file(0)}): not a DeepSpeed checkpoint"
         )
     if not optim_files:
         raise CheckpointError(
@@ -134,8 +123,8 @@ def read_checkpoint(root: str | Path, tag: str | None = None, *, trust: bool = F
             f"{str(folder)!r} mixes bf16_ and plain ZeRO optimizer files; it holds two checkpoints in one "
             "folder: remove the stale set"
         )
-    stage3 = (folder / "zero_pp_rank_0_mp_rank_00_model_states.pt").is_file()
-    model_file = folder / ("zero_pp_rank_0_mp_rank_00_model_states.pt" if stage3 else Z12_MODEL_FILE)
+    stage3 = (folder / ds_names.zero3_model_file(0)).is_file()
+    model_file = folder / (ds_names.zero3_model_file(0) if stage3 else ds_names.Z12_MODEL_FILE)
     model_states = _load(model_file, trust)
     _check_model_states(model_file, model_states)
     world_size = model_states["dp_world_size"]
@@ -147,15 +136,10 @@ def read_checkpoint(root: str | Path, tag: str | None = None, *, trust: bool = F
         )
     prefix = prefixes.pop()
     if stage3:
-        missing = [
-            r for r in range(world_size) if f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" not in names
-        ]
+        missing = [r for r in range(world_size) if ds_names.zero3_model_file(r) not in names]
         if missing:
             raise CheckpointError(f"{str(folder)!r} lacks the ZeRO-3 model states of ranks {missing}")
-    files = [
-        _load(folder / f"{prefix}zero_pp_rank_{r}_mp_rank_00_optim_states.pt", trust)
-        for r in range(world_size)
-    ]
+    files = [_load(folder / ds_names.optim_file(r, prefix), trust) for r in range(world_size)]
     optim_states = [file.get("optimizer_state_dict") for file in files]
     stage, flavor = _stage_and_flavor(folder, optim_states, stage3)
     _check_partition_count(folder, optim_states, world_size)
@@ -187,12 +171,14 @@ def _load(path: Path, trust: bool) -> dict[str, Any]:
     return loaded
 
 
-def _model_files(folder: Path) -> list[str]:
-    return [p.name for p in folder.iterdir() if _Z12_MODEL_FILE.match(p.name) or _Z3_MODEL_FILE.match(p.name)]
+def model_files(folder: Path) -> list[str]:
+    """The names of the DeepSpeed model-states files in tag folder ``folder`` (ZeRO-1/2's, or every ZeRO-3
+    rank's), sorted; empty when ``folder`` holds no DeepSpeed checkpoint."""
+    return sorted(p.name for p in folder.iterdir() if ds_names.is_model_states_file(p.name))
 
 
 def _tags(root: Path) -> str:
-    return ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir() and _model_files(p)))
+    return ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir() and model_files(p)))
 
 
 def _refuse_unsupported_files(folder: Path, names: list[str]) -> None:
@@ -207,17 +193,17 @@ def _refuse_unsupported_files(folder: Path, names: list[str]) -> None:
             f"{str(folder)!r} holds NVMe-offloaded optimizer state (offloaded_tensors/), which these tools "
             "do not read; save with offload_optimizer device 'cpu' or 'none' to reshard or export"
         )
-    if any(_PIPELINE_FILE.match(name) for name in names):
+    if any(ds_names.PIPELINE_FILE.match(name) for name in names):
         raise CheckpointError(
             f"{str(folder)!r} is a pipeline-parallel checkpoint (layer_*-model_states.pt); only pure "
             "data-parallel ZeRO checkpoints can be resharded or exported"
         )
-    if any(_EXPERT_FILE.search(name) for name in names):
+    if any(ds_names.EXPERT_FILE.search(name) for name in names):
         raise CheckpointError(
             f"{str(folder)!r} holds mixture-of-experts files (expert / expp_rank_*); MoE checkpoints are not "
             "supported: only pure data-parallel ZeRO checkpoints can be resharded or exported"
         )
-    model_parallel = {m.group(1) for name in names if (m := _MODEL_PARALLEL_RANK.search(name))}
+    model_parallel = {m.group(1) for name in names if (m := ds_names.MODEL_PARALLEL_RANK.search(name))}
     if model_parallel - {"00"}:
         raise CheckpointError(
             f"{str(folder)!r} holds files of model-parallel ranks {sorted(model_parallel)}: tensor-parallel "

@@ -23,20 +23,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from deepspeed.runtime.config import DtypeEnum
-from deepspeed.runtime.constants import GRADIENT_CLIPPING_DEFAULT
-from deepspeed.runtime.fp16.loss_scaler import LossScaler
-from deepspeed.runtime.zero.config import OffloadDeviceEnum, ZeroStageEnum
-from deepspeed.utils.tensor_fragment import fragment_address
 from torch import Tensor
 
-from wame_dist.deepspeed.checkpoint.consolidate import Consolidated, is_elementwise, round_robin_order
-from wame_dist.deepspeed.checkpoint.layout import (
-    BF16_OPTIMIZER_FLAVOR,
+from wame_dist.deepspeed._deepspeed_compat import (
+    BF16_PREFIX,
+    GRADIENT_CLIPPING_DEFAULT,
     Z12_MODEL_FILE,
-    ZERO_FLAVOR,
-    CheckpointError,
+    DtypeEnum,
+    LossScaler,
+    OffloadDeviceEnum,
+    ZeroStageEnum,
+    fragment_address,
+    optim_file,
+    zero3_model_file,
 )
+from wame_dist.deepspeed.checkpoint.consolidate import Consolidated, is_elementwise, round_robin_order
+from wame_dist.deepspeed.checkpoint.layout import BF16_OPTIMIZER_FLAVOR, ZERO_FLAVOR, CheckpointError
 
 #: ZeRO-1/2 start every rank's slice on a 4-byte boundary: groups are padded to 2 x world size elements.
 NCCL_START_ALIGNMENT_FACTOR = 2
@@ -77,7 +79,7 @@ def write_checkpoint(cons: Consolidated, target: Target, folder: Path) -> list[P
     """Writes the files of one checkpoint tag for ``target`` into ``folder`` (which must exist)."""
     if target.stage == 3:
         optim, model_states = _zero3_files(cons, target)
-        model_names = [f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(target.world_size)]
+        model_names = [zero3_model_file(r) for r in range(target.world_size)]
     else:
         optim, model_states = _zero12_files(cons, target)
         model_names = [Z12_MODEL_FILE]
@@ -85,7 +87,7 @@ def write_checkpoint(cons: Consolidated, target: Target, folder: Path) -> list[P
     ds_config = _target_config(cons, target)
     written = []
     for rank, optimizer_state_dict in enumerate(optim):
-        path = folder / f"{source.prefix}zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"
+        path = folder / optim_file(rank, source.prefix)
         torch.save({"optimizer_state_dict": optimizer_state_dict, **source.optim_file, **ds_config}, path)
         written.append(path)
     for name in model_names:
@@ -101,7 +103,7 @@ def _flavor(cons: Consolidated, stage: int) -> str:
     offload = source.zero_config.offload_optimizer
     if (
         stage == 1
-        and source.prefix == "bf16_"
+        and source.prefix == BF16_PREFIX
         and accumulation is not None
         and DtypeEnum(accumulation).value == torch.float32
         and (offload is None or offload.device != OffloadDeviceEnum.cpu)

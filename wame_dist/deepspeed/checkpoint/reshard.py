@@ -6,6 +6,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from wame_dist.deepspeed._deepspeed_compat import LATEST
 from wame_dist.deepspeed.checkpoint.consolidate import consolidate
 from wame_dist.deepspeed.checkpoint.layout import CheckpointError, host_entries, read_checkpoint, resolve_tag
 from wame_dist.deepspeed.checkpoint.output import new_directory
@@ -64,7 +65,7 @@ def reshard(
         host = host_entries(root)
         for path in host:
             (shutil.copytree if path.is_dir() else shutil.copy2)(path, temporary / path.name)
-        (temporary / "latest").write_text(tag)  # last: a leftover of a killed run has no "latest"
+        (temporary / LATEST).write_text(tag)  # last: a leftover of a killed run has no "latest"
     return Resharded(
         out=out,
         tag=tag,

@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-from deepspeed.runtime.zero.config import ZeroStageEnum
-from deepspeed.utils.tensor_fragment import fragment_address
 
+from wame_dist.deepspeed._deepspeed_compat import (
+    DynamicLossScaler,
+    LossScaler,
+    ZeroStageEnum,
+    fragment_address,
+)
 from wame_dist.errors import BadInput
 
 #: What DeepSpeed pickles into its checkpoint files besides tensors and plain containers: the loss scaler

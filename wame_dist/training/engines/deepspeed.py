@@ -12,10 +12,11 @@ import torch
 import torch.distributed as dist
 
 import wame_dist.deepspeed
+from wame_dist.deepspeed.config import micro_batch_size
 from wame_dist.launch_env import LaunchEnv
 from wame_dist.training import lr_decay
 from wame_dist.training.config import RunConfig
-from wame_dist.training.ds_setup import micro_batch_size, run_deepspeed_config
+from wame_dist.training.ds_setup import run_deepspeed_config
 
 
 class DeepSpeedEngine:

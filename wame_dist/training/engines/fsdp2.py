@@ -19,12 +19,12 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from wame_dist import atomic
-from wame_dist.deepspeed.config import ConfigError
+from wame_dist.deepspeed.config import ConfigError, micro_batch_size
 from wame_dist.launch_env import LaunchEnv
 from wame_dist.training import lr_decay
 from wame_dist.training.checkpoints import CLIENT_STATE
 from wame_dist.training.config import RunConfig
-from wame_dist.training.ds_setup import micro_batch_size, run_deepspeed_config
+from wame_dist.training.ds_setup import run_deepspeed_config
 from wame_dist.training.optimizers import torch_optimizer
 
 
