@@ -7,7 +7,8 @@ runs). All candidates update the same N fp32 parameters, once as one tensor and 
 The machine is shared and noisy, so candidates are interleaved round by round in one process and the
 figure that counts is the median over rounds of each candidate's time divided by the anchor's time in
 the same round. Also printed: median ms/step, Mparam/s, the effective memory bandwidth (bytes the
-rule must move per parameter: WAME 38, Adam 28), and the optimizer's state bytes per parameter.
+rule must move per parameter: WAME 38, WAME with bfloat16 state 26, Adam 28), and the optimizer's state
+bytes per parameter.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import torch
 from wame_dist import WAME
 
 #: Bytes read + written per fp32 parameter by one step: WAME reads w, g, zeta, z, theta (4 B each) and
-#: prev_sign (1 B) and writes all but g; Adam reads w, g, m, v and writes w, m, v.
-BYTES_PER_PARAM = {"WAME": 38, "Adam": 28}
+#: prev_sign (1 B) and writes all but g; with bfloat16 state zeta, z, theta take 2 B each; Adam reads w, g,
+#: m, v and writes w, m, v.
+BYTES_PER_PARAM = {"WAME": 38, "WAME bf16 state": 26, "Adam": 28}
 
 
 def make_params(total: int, pieces: int) -> list[torch.nn.Parameter]:
@@ -48,7 +50,15 @@ def candidates(params: list[torch.nn.Parameter]) -> dict[str, torch.optim.Optimi
         "WAME single-tensor": WAME(params, lr=1e-3, foreach=False, fused=False),
         "WAME foreach": WAME(params, lr=1e-3, foreach=True),
         "WAME fused": WAME(params, lr=1e-3, fused=True),
+        "WAME fused, bf16 state": WAME(params, lr=1e-3, fused=True, state_dtype="bf16"),
     }
+
+
+def bytes_per_param(name: str) -> int:
+    """What one step of candidate ``name`` must move per parameter (:data:`BYTES_PER_PARAM`)."""
+    if not name.startswith("WAME"):
+        return BYTES_PER_PARAM["Adam"]
+    return BYTES_PER_PARAM["WAME bf16 state" if "bf16 state" in name else "WAME"]
 
 
 def state_bytes_per_param(optimizer: torch.optim.Optimizer, n_params: int) -> float:
@@ -82,7 +92,7 @@ def report(layout: str, n_params: int, optimizers: dict[str, torch.optim.Optimiz
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, times in seconds.items():
         median = statistics.median(times)
-        moved = BYTES_PER_PARAM["WAME" if name.startswith("WAME") else "Adam"] * n_params
+        moved = bytes_per_param(name) * n_params
         ratio_ds = statistics.median(t / a for t, a in zip(times, anchors["ds"]))
         ratio_foreach = statistics.median(t / a for t, a in zip(times, anchors["foreach"]))
         state_bytes = state_bytes_per_param(optimizers[name], n_params)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from wame_dist.hashing import lowbias32
 from wame_dist.models import SampleDropout, build_model, count_parameters, set_samples
-from wame_dist.models.dropout import lowbias32
 
 
 def conv(c_in: int, c_out: int, k: int) -> int:

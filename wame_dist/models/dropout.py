@@ -8,9 +8,8 @@ seed ``s`` when
     lowbias32(key(s, t, layer, i) + lowbias32(e)) >= p * 2**32
 
 where ``key`` chains lowbias32 over the 32-bit words of ``(s, layer, t, i)`` and ``i`` is the sample's
-index in the training set. The hash (Chris Wellons' ``lowbias32``, bias 0.17 of the ideal) runs in int64
-tensor arithmetic kept below 2**63, so CPU and CUDA give the same bits. Kept elements are scaled by
-``1 / (1 - p)`` as ``nn.Dropout`` does.
+index in the training set. The hash is :func:`wame_dist.hashing.lowbias32`: the same bits on CPU and
+CUDA. Kept elements are scaled by ``1 / (1 - p)`` as ``nn.Dropout`` does.
 
 The training loop calls :func:`set_samples` before each forward pass; a module with no keys (an eval
 pass, or a model used outside the loop) behaves exactly as ``nn.Dropout``.
@@ -21,38 +20,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-_MASK32 = 0xFFFFFFFF
-
-
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """``x * c mod 2**32`` for ``x`` in [0, 2**32) without int64 overflow (16-bit halves of ``c``)."""
-    low = x * (c & 0xFFFF)
-    high = ((x * (c >> 16)) & 0xFFFF) << 16
-    return (low + high) & _MASK32
-
-
-def lowbias32(x: torch.Tensor) -> torch.Tensor:
-    """Wellons' lowbias32 integer hash of 32-bit values held in an int64 tensor."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
-
-
-def _chain(key: torch.Tensor, value: int | torch.Tensor) -> torch.Tensor:
-    """Folds a 64-bit ``value`` into a 32-bit ``key`` (one hash per 32-bit word)."""
-    for word in ((value & _MASK32), (value >> 32) & _MASK32):
-        key = lowbias32((key + word) & _MASK32)
-    return key
+from wame_dist.hashing import MASK32, chain, key_of, lowbias32
 
 
 def sample_keys(seed: int, layer: int, epoch: int, indices: torch.Tensor) -> torch.Tensor:
     """The 32-bit key of each sample (``indices``: positions in the training set) for one layer/epoch."""
-    key = torch.zeros((), dtype=torch.int64, device=indices.device)
-    for part in (seed, layer, epoch):
-        key = _chain(key, part)
-    return _chain(key, indices.to(torch.int64))
+    return chain(key_of(seed, layer, epoch, device=indices.device), indices.to(torch.int64))
 
 
 class SampleDropout(nn.Dropout):
@@ -84,7 +57,7 @@ class SampleDropout(nn.Dropout):
         per_sample = x[0].numel()
         if self._elements is None or len(self._elements) != per_sample or self._elements.device != x.device:
             self._elements = lowbias32(torch.arange(per_sample, dtype=torch.int64, device=x.device))
-        bits = lowbias32((self.keys[:, None] + self._elements[None, :]) & _MASK32)
+        bits = lowbias32((self.keys[:, None] + self._elements[None, :]) & MASK32)
         keep = (bits >= int(self.p * 2**32)).reshape(x.shape)
         return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
 

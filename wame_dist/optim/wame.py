@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
-from wame_dist.optim import _torch_compat
+from wame_dist.optim import _torch_compat, compact_state
 from wame_dist.optim import fused as _fused
 
 __all__ = ["WAME", "wame"]
@@ -39,17 +39,19 @@ VARIANT_DEFAULTS = {
 #: The initial value of ``Z``: 0 in Algorithm 1 (line 2), 1 in the Keras code (``K.ones``).
 _INITIAL_Z = {"algorithm1": 0.0, "keras": 1.0}
 
-#: Per-parameter state: key -> how to create it lazily from the parameter and the group's variant (ZeRO
-#: partitions and checkpoints converted by other tools may arrive with some keys missing; each is then
-#: created on its own).
+#: Per-parameter state: key -> how to create it lazily from the parameter, the group's variant and the
+#: dtype of zeta, z and theta (ZeRO partitions and checkpoints converted by other tools may arrive with some
+#: keys missing; each is then created on its own).
 _STATE_FACTORIES = {
-    "step": lambda p, variant: _step_counter(0.0),
-    "prev_sign": lambda p, variant: torch.zeros_like(
+    "step": lambda p, variant, dtype: _step_counter(0.0),
+    "prev_sign": lambda p, variant, dtype: torch.zeros_like(
         p, dtype=torch.int8, memory_format=torch.preserve_format
     ),
-    "zeta": lambda p, variant: torch.ones_like(p, memory_format=torch.preserve_format),
-    "z": lambda p, variant: torch.full_like(p, _INITIAL_Z[variant], memory_format=torch.preserve_format),
-    "theta": lambda p, variant: torch.zeros_like(p, memory_format=torch.preserve_format),
+    "zeta": lambda p, variant, dtype: torch.ones_like(p, dtype=dtype, memory_format=torch.preserve_format),
+    "z": lambda p, variant, dtype: torch.full_like(
+        p, _INITIAL_Z[variant], dtype=dtype, memory_format=torch.preserve_format
+    ),
+    "theta": lambda p, variant, dtype: torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format),
 }
 STATE_KEYS = tuple(_STATE_FACTORIES)
 
@@ -123,8 +125,11 @@ class WAME(Optimizer):
 
     State per parameter: ``step`` (0-dim float tensor; read only by the Keras variant's bias correction and
     decay), ``prev_sign`` (int8: only the sign of the previous gradient, or weight, is ever read), ``zeta``,
-    ``z``, ``theta`` (the parameter's dtype): 13 bytes per fp32 weight, in both variants. Complex parameters
-    are treated as pairs of independent reals (their state has the shape of ``torch.view_as_real(param)``).
+    ``z``, ``theta`` (the parameter's dtype): 13 bytes per fp32 weight, in both variants. With
+    ``state_dtype="bf16"`` zeta, z and theta are stored in bfloat16 and rounded back stochastically
+    (unbiased, keyed by step and position: reproducible), 7 bytes per weight
+    (:mod:`wame_dist.optim.compact_state`). Complex parameters are treated as pairs of independent reals
+    (their state has the shape of ``torch.view_as_real(param)``).
 
     Non-finite gradients are not searched for (that is the loss scaler's job: ``torch.amp.GradScaler`` and
     DeepSpeed skip a step with an overflow before the optimizer sees it). If one arrives anyway, the result
@@ -163,6 +168,9 @@ class WAME(Optimizer):
         foreach: use the multi-tensor implementation.
         fused: use the fused kernel (C++/OpenMP on CPU, Triton on CUDA). With both ``None`` the fastest
             available implementation is picked: fused, else multi-tensor, else single-tensor.
+        state_dtype: ``"fp32"`` (zeta, z, theta in the parameter's dtype) or ``"bf16"`` (in bfloat16,
+            updated in the parameter's dtype and rounded back stochastically). Recorded in the state_dict;
+            loading one of the other kind is refused.
 
     Example:
         >>> import torch
@@ -195,6 +203,7 @@ class WAME(Optimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_dtype: str = "fp32",
     ) -> None:
         defaults = {
             "lr": lr,
@@ -212,6 +221,7 @@ class WAME(Optimizer):
             "maximize": maximize,
             "foreach": foreach,
             "fused": fused,
+            "state_dtype": state_dtype,
         }
         validate_hyperparameters(with_variant_defaults(defaults))
         super().__init__(params, defaults)
@@ -244,15 +254,31 @@ class WAME(Optimizer):
         validate_hyperparameters(group)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Loads state like ``torch.optim.Optimizer`` does, keeping ``prev_sign`` int8.
+        """Loads state like ``torch.optim.Optimizer`` does, keeping ``prev_sign`` int8 and compact state
+        compact; refuses state saved with another ``state_dtype`` (a state_dict without one is ``"fp32"``).
 
         (The base class casts every floating state to the parameter's dtype; ``prev_sign`` holds only
-        -1, 0 and +1, so casting it back is exact.)
+        -1, 0 and +1, and compact state was saved in its own dtype, so casting back is exact.)
         """
+        for number, (ours, saved) in enumerate(zip(self.param_groups, state_dict.get("param_groups", []))):
+            theirs = saved.get("state_dtype", _FLAG_DEFAULTS["state_dtype"])
+            if theirs != ours["state_dtype"]:
+                raise ValueError(
+                    f"WAME: parameter group {number} of this state_dict holds state_dtype={theirs!r} state, "
+                    f"this optimizer was built with state_dtype={ours['state_dtype']!r}; build it with "
+                    f"state_dtype={theirs!r} to load it"
+                )
         super().load_state_dict(state_dict)
-        for state in self.state.values():
-            if "prev_sign" in state and state["prev_sign"].dtype != torch.int8:
-                state["prev_sign"] = state["prev_sign"].to(torch.int8)
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p, {})
+                if "prev_sign" in state and state["prev_sign"].dtype != torch.int8:
+                    state["prev_sign"] = state["prev_sign"].to(torch.int8)
+                param = torch.view_as_real(p) if p.is_complex() else p
+                dtype = compact_state.storage_dtype(group["state_dtype"], param)
+                for key in compact_state.COMPACT_KEYS:
+                    if key in state and state[key].dtype != dtype:
+                        state[key] = state[key].to(dtype)
 
     def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], ...]:
         """Collects the group's parameters that have gradients, with their gradients and state."""
@@ -268,7 +294,7 @@ class WAME(Optimizer):
             param, grad = (
                 (torch.view_as_real(p), torch.view_as_real(p.grad)) if p.is_complex() else (p, p.grad)
             )
-            state = self._state_of(p, param, group["variant"])
+            state = self._state_of(p, param, group)
             params.append(param)
             grads.append(grad)
             prev_signs.append(state["prev_sign"])
@@ -278,13 +304,15 @@ class WAME(Optimizer):
             steps.append(state["step"])
         return params, grads, prev_signs, zetas, zs, thetas, steps
 
-    def _state_of(self, p: Tensor, param: Tensor, variant: str) -> dict[str, Tensor]:
+    def _state_of(self, p: Tensor, param: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         """The state of ``p`` (``param``: its real view), each missing key created at its initial value, and
         a ``prev_sign`` widened by a foreign checkpoint loader narrowed back to int8 (exactly)."""
         state = self.state[p]
         for key, factory in _STATE_FACTORIES.items():
             if key not in state:
-                state[key] = factory(param, variant)
+                state[key] = factory(
+                    param, group["variant"], compact_state.storage_dtype(group["state_dtype"], param)
+                )
         if state["prev_sign"].dtype != torch.int8:
             state["prev_sign"] = state["prev_sign"].to(torch.int8)
         return state
@@ -299,7 +327,7 @@ class WAME(Optimizer):
         """
         for group in self.param_groups:
             for p in group["params"]:
-                self._state_of(p, torch.view_as_real(p) if p.is_complex() else p, group["variant"])
+                self._state_of(p, torch.view_as_real(p) if p.is_complex() else p, group)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -433,6 +461,8 @@ def validate_hyperparameters(group: dict[str, Any]) -> None:
             fail("betas", betas, "(beta_1, beta_2), each in [0, 1)")
         if group["denominator"] != "sqrt":
             fail("denominator", group["denominator"], "'sqrt' with variant='keras'")
+    if group["state_dtype"] not in compact_state.STATE_DTYPES:
+        fail("state_dtype", group["state_dtype"], f"one of {tuple(compact_state.STATE_DTYPES)}")
     if group["fused"] and group["foreach"]:
         fail("fused", group["fused"], "fused=True together with foreach=False or None (choose one)")
 
@@ -478,6 +508,10 @@ def wame(
     ``theta_decay`` (``alpha``, or the Keras variant's ``beta_2``), the rate of decoupled weight decay
     ``lr`` and the step's rate ``step_size``: for the Keras variant both depend on the step count, so
     parameters are updated in one call per distinct count (all of them, unless some missed steps).
+
+    Rows whose zeta, z and theta are of another dtype than the parameter (``state_dtype="bf16"``) are
+    updated on copies in the parameter's dtype, written back by
+    :func:`wame_dist.optim.compact_state.round_state_` (key: the row's position in these lists).
     """
     params, grads, prev_signs, zetas, zs, thetas = (
         _torch_compat.local_tensors(tensors) for tensors in (params, grads, prev_signs, zetas, zs, thetas)
@@ -489,6 +523,9 @@ def wame(
         torch._foreach_add_(steps, [(1 - found_inf).to(step) for step in steps])
     lr = float(_torch_compat.to_scalar(lr))
     rows = list(zip(params, grads, prev_signs, zetas, zs, thetas))
+    compact = {i: row[3:] for i, row in enumerate(rows) if row[3].dtype != row[0].dtype}
+    for i, stored in compact.items():  # the rule runs on float copies in the parameter's dtype
+        rows[i] = (*rows[i][:3], *(t.to(rows[i][0].dtype) for t in stored))
     keras = variant == "keras"
     if keras:
         by_step: dict[float, list[tuple[Tensor, ...]]] = {}
@@ -518,6 +555,8 @@ def wame(
             grad_scale=grad_scale,
             found_inf=found_inf,
         )
+    for i, stored in compact.items():
+        compact_state.round_state_(list(stored), list(rows[i][3:]), int(steps[i]), i)
 
 
 def _keras_rates(lr: float, betas: tuple[float, float], decay: float, t: float) -> tuple[float, float]:
