@@ -12,21 +12,28 @@ The run: digits, Table 1a at 1/4 width with its dropout, ZeRO-2 fp32, global bat
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import pytest
 import torch
 from launching import ROOT, run, torchrun
+from torch.utils.data import DistributedSampler
 
 from wame_dist.data import load_splits
 from wame_dist.deepspeed.checkpoint import consolidate, exported, read_checkpoint, reshard
+from wame_dist.models import set_samples
+from wame_dist.optim import WAME
+from wame_dist.training import init_weights
 
 pytestmark = pytest.mark.multirank
 
 TRAIN = ROOT / "launch" / "train.py"
 CONFIG = str(ROOT / "configs" / "zero2.json")
 EPOCHS = 2
+SEED = 3
+GLOBAL_BATCH = 64
 
 #: The bounds the reshard-resume path meets (issue 12's): per-epoch training loss relative, accuracies in
 #: samples, and the share of weights within WEIGHT_ATOL. Measured here (2026-12-01): loss 1.1e-7, 0 samples,
@@ -34,18 +41,20 @@ EPOCHS = 2
 RESUME_BOUNDS = {"loss_rel": 1e-3, "samples": 2, "weights_within": 0.85}
 WEIGHT_ATOL = 1e-4
 
-#: The bounds the 2- and 4-rank runs meet against the 1-rank run. Issue 12 asks for RESUME_BOUNDS here too;
-#: that is NOT reached: measured here (2026-12-01, the same on every run, OMP_NUM_THREADS=1), 2 ranks: loss
-#: 3.8e-4, 26/27 samples, 70.8% of weights; 4 ranks: loss 4.8e-3, 47/41 samples, 65.7%. With dropout off
-#: the drift is no smaller (2%/1.6% loss, 65%/66% of weights), so it is the reduction order, not the masks.
-#: These bounds hold the measured drift (with ~20% room), so that any new world-size dependence shows.
-RANKS_BOUNDS = {"loss_rel": 6e-3, "samples": 56, "weights_within": 0.6}
+#: The drift the 2- and 4-rank runs show against the 1-rank run. Issue 12 asks for RESUME_BOUNDS here too;
+#: that is NOT reached (test_issue_bounds_across_world_sizes, a strict xfail, says so in every run):
+#: measured here (2026-12-01, the same on every run, OMP_NUM_THREADS=1), 2 ranks: loss 3.8e-4, 26/27
+#: samples, 70.8% of weights; 4 ranks: loss 4.8e-3, 47/41 samples, 65.7%. With dropout off the drift is no
+#: smaller (2%/1.6% loss, 65%/66% of weights), and one process summing the ranks' gradients reproduces it
+#: (test_two_ranks_compute_what_one_process_computes_for_their_shares): it is the reduction order. This is
+#: a regression guard (the measured drift with ~20% room), not a claim: a new world-size dependence shows.
+MEASURED_DRIFT = {"loss_rel": 6e-3, "samples": 56, "weights_within": 0.6}
 
 
 def train_args(out: Path, *extra: str) -> list[str]:
     return [
         "--deepspeed_config", CONFIG, "--dataset", "digits", "--width", "0.25", "--epochs", str(EPOCHS),
-        "--batch-size", "64", "--seed", "3", "--out-dir", str(out), *extra,
+        "--batch-size", str(GLOBAL_BATCH), "--seed", str(SEED), "--out-dir", str(out), *extra,
     ]  # fmt: skip
 
 
@@ -94,15 +103,7 @@ def differences(out: Path, reference: Path) -> dict[str, float]:
     }
 
 
-@pytest.mark.parametrize(
-    ("name", "reference", "bounds"),
-    [
-        ("2 ranks", "1 ranks", RANKS_BOUNDS),
-        ("4 ranks", "1 ranks", RANKS_BOUNDS),
-        ("2 -> 4 ranks", "2 ranks", RESUME_BOUNDS),
-    ],
-)
-def test_the_run_is_the_same_on_any_number_of_ranks(runs, name, reference, bounds) -> None:
+def check(runs: dict[str, Path], name: str, reference: str, bounds: dict[str, float]) -> None:
     found = differences(runs[name], runs[reference])
     print(f"{name} vs {reference}: {found}")
     assert len(record(runs[name])["epochs"]) == EPOCHS
@@ -110,3 +111,70 @@ def test_the_run_is_the_same_on_any_number_of_ranks(runs, name, reference, bound
     assert found["loss_rel"] <= bounds["loss_rel"], found
     assert max(found["val_samples"], found["test_samples"]) <= bounds["samples"] + 1e-9, found
     assert found["weights_within"] >= bounds["weights_within"], found
+
+
+@pytest.mark.parametrize(
+    ("name", "reference", "bounds"),
+    [
+        ("2 ranks", "1 ranks", MEASURED_DRIFT),
+        ("4 ranks", "1 ranks", MEASURED_DRIFT),
+        ("2 -> 4 ranks", "2 ranks", RESUME_BOUNDS),
+    ],
+)
+def test_the_run_is_the_same_on_any_number_of_ranks(runs, name, reference, bounds) -> None:
+    check(runs, name, reference, bounds)
+
+
+@pytest.mark.xfail(strict=True, reason="reduction order differs between world sizes; WAME's signs amplify it")
+@pytest.mark.parametrize("name", ["2 ranks", "4 ranks"])
+def test_issue_bounds_across_world_sizes(runs, name) -> None:
+    check(runs, name, "1 ranks", RESUME_BOUNDS)
+
+
+def one_process_as_ranks(world: int) -> tuple[torch.Tensor, list[float]]:
+    """The run computed in one process as ``world`` ranks compute it, without DeepSpeed: each rank's
+    share of every global batch (``DistributedSampler``'s, ``world`` micro-batches of 64 / world), its
+    keyed dropout masks, the ranks' gradients summed in rank order and divided by ``world``, and WAME
+    (the run's block) on the model's own tensors. Returns the final weights and per-epoch training loss."""
+    splits = load_splits("digits", None)
+    images, labels = splits.train
+    model = init_weights.initial_network(init_weights.network_settings("digits", "table1a", 0.25), SEED)
+    block = json.loads(Path(CONFIG).read_text())["optimizer"]["params"]
+    optimizer = WAME(model.parameters(), **block)
+    losses = []
+    for epoch in range(1, EPOCHS + 1):
+        shares = []
+        for rank in range(world):
+            sampler = DistributedSampler(labels, world, rank, shuffle=True, seed=SEED, drop_last=True)
+            sampler.set_epoch(epoch)
+            shares.append(torch.tensor(list(sampler)).split(GLOBAL_BATCH // world))
+        steps = len(sampler) // (GLOBAL_BATCH // world)
+        loss_sum = 0.0
+        for step in range(steps):
+            gradients = []
+            for rank in range(world):
+                idx = shares[rank][step]
+                set_samples(model, SEED, epoch, idx)
+                model.zero_grad()
+                loss = torch.nn.functional.cross_entropy(model(images[idx]).float(), labels[idx])
+                loss.backward()
+                loss_sum += loss.item() * len(idx)
+                gradients.append([p.grad.clone() for p in model.parameters()])
+            for p, *per_rank in zip(model.parameters(), *gradients, strict=True):
+                p.grad = functools.reduce(torch.add, per_rank) / world
+            optimizer.step()
+        losses.append(loss_sum / (steps * GLOBAL_BATCH))
+    return torch.cat([p.detach().flatten().double() for p in model.parameters()]), losses
+
+
+def test_two_ranks_compute_what_one_process_computes_for_their_shares(runs) -> None:
+    """The 2-rank ZeRO-2 run is bitwise the one-process computation of its two ranks' shares (the sum of
+    two gradients does not depend on its order): nothing but the split of the sums depends on the world
+    size. (Four ranks' sums are reduced in an order of DeepSpeed's choosing, which one process does not
+    reproduce.) Measured here (2026-12-01): every weight identical; losses within 1e-7 relative (the run
+    sums its loss in float32)."""
+    torch.set_num_threads(1)  # the runs' OMP_NUM_THREADS
+    weights, losses = one_process_as_ranks(2)
+    assert torch.equal(weights, final_weights(runs["2 ranks"]))
+    recorded = [epoch["train_loss"] for epoch in record(runs["2 ranks"])["epochs"]]
+    assert losses == pytest.approx(recorded, rel=1e-6)
