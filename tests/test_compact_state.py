@@ -21,7 +21,7 @@ from test_wame_implementations import OPTIONS, gradients, make_params
 from wame_dist import WAME
 from wame_dist.deepspeed.config import ConfigError, wame_arguments
 from wame_dist.hashing import key_of
-from wame_dist.optim.compact_state import stochastic_round_
+from wame_dist.optim.compact_state import NOISE, stochastic_round_
 
 IMPLEMENTATIONS = {
     "single": {"foreach": False, "fused": False},
@@ -261,3 +261,60 @@ def test_deepspeed_refuses_a_compact_state_client_optimizer():
     assert "WAME(state_dtype='bf16') is not yet supported inside DeepSpeed" in proc.stderr, proc.stderr[
         -3000:
     ]
+
+
+def test_the_fused_cpu_kernel_rounds_in_registers_bit_for_bit_as_the_torch_ops_do():
+    """The CPU kernel given bfloat16 state (and each row's step and index) against the definition: the same
+    kernel on float32 copies of the state, then :func:`stochastic_round_` with ``key_of(step, row, k)`` and
+    the bits :data:`NOISE` names.
+    Rows of odd lengths (vector tails, several threads' grains), a state at infinity and NaN, weights and
+    prev_signs identical, every stored bit identical."""
+    from wame_dist.optim import cpu_kernel
+
+    kernel = cpu_kernel.load()
+    generator = torch.Generator().manual_seed(5)
+    sizes, steps = (1, 17, 200_003), (1, 9, 123_456_789_012)
+    rows = []
+    for n in sizes:
+        grad = torch.randn(n, generator=generator)
+        grad[: n // 7] *= 1e-3
+        if n > 20:
+            grad[3], grad[5] = 1e30, float("nan")  # theta overflows to inf; a NaN gradient
+        rows.append(
+            {
+                "param": torch.randn(n, generator=generator),
+                "grad": grad,
+                "prev_sign": torch.randint(-1, 2, (n,), generator=generator, dtype=torch.int8),
+                "zeta": torch.exp(torch.randn(n, generator=generator) * 2).bfloat16(),
+                "z": torch.exp(torch.randn(n, generator=generator)).bfloat16(),
+                "theta": torch.rand(n, generator=generator).pow(3).bfloat16(),
+            }
+        )
+    hyper = {
+        "lr": 1e-3, "step_size": 1e-3, "alpha": 0.9, "theta_decay": 0.9, "eta_minus": 0.1, "eta_plus": 1.2,
+        "zeta_min": 0.01, "zeta_max": 100.0, "eps": 1e-8, "weight_decay": 0.0,
+        "decoupled_weight_decay": False, "literal": False, "maximize": False, "keras": False,
+        "weight_sign": False,
+    }  # fmt: skip
+
+    def columns(rows, state_dtype):
+        return [
+            [row[key].clone() if key not in COMPACT else row[key].to(state_dtype) for row in rows]
+            for key in ("param", "grad", "prev_sign", *COMPACT)
+        ]
+
+    expected = columns(rows, torch.float32)
+    kernel.wame_step_(*expected, **hyper)
+    for i, step in enumerate(steps):
+        for column, name in zip(expected[3:], COMPACT, strict=True):
+            k, shift = NOISE[name]
+            out = torch.empty_like(column[i], dtype=torch.bfloat16)
+            column[i] = stochastic_round_(out, column[i], key_of(step, i, k), shift)
+    got = columns(rows, torch.bfloat16)
+    kernel.wame_step_(*got, **hyper, state_steps=list(steps), state_rows=list(range(len(rows))))
+    bits = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.int8: torch.int8}
+    for got_column, expected_column in zip(got, expected, strict=True):
+        for mine, theirs in zip(got_column, expected_column, strict=True):
+            assert mine.dtype == theirs.dtype
+            assert torch.equal(mine.view(bits[mine.dtype]), theirs.view(bits[theirs.dtype]))  # NaN included
+    assert got[5][2][3].isinf() and got[5][2][5].isnan()

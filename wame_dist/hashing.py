@@ -1,7 +1,8 @@
 """Counter-based random bits: the same bits for the same key on CPU and CUDA, on any number of ranks.
 
 Chris Wellons' ``lowbias32`` integer hash (bias 0.17 of the ideal), computed in int64 tensor arithmetic
-kept below 2**63, so every device gives the same bits. Randomness keyed by what it is for (a run's seed,
+kept below 2**63, so every device gives the same bits (the same functions take Python integers, and the
+fused CPU kernel computes it in uint32). Randomness keyed by what it is for (a run's seed,
 an epoch, a sample's index, an element's position) instead of drawn from a generator does not depend on
 which rank holds the element or in what order ranks draw. Used by the dropout masks
 (:mod:`wame_dist.models.dropout`) and the stochastic rounding of WAME's compact state
@@ -14,16 +15,19 @@ import torch
 
 MASK32 = 0xFFFFFFFF
 
+#: 32-bit values: held in an int64 tensor, or a Python integer.
+Words = int | torch.Tensor
 
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+
+def _mul32(x: Words, c: int) -> Words:
     """``x * c mod 2**32`` for ``x`` in [0, 2**32) without int64 overflow (16-bit halves of ``c``)."""
     low = x * (c & 0xFFFF)
     high = ((x * (c >> 16)) & 0xFFFF) << 16
     return (low + high) & MASK32
 
 
-def lowbias32(x: torch.Tensor) -> torch.Tensor:
-    """Wellons' lowbias32 integer hash of 32-bit values held in an int64 tensor."""
+def lowbias32(x: Words) -> Words:
+    """Wellons' lowbias32 integer hash of 32-bit values held in an int64 tensor (or a Python integer)."""
     x = x ^ (x >> 16)
     x = _mul32(x, 0x7FEB352D)
     x = x ^ (x >> 15)
@@ -31,16 +35,16 @@ def lowbias32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def chain(key: torch.Tensor, value: int | torch.Tensor) -> torch.Tensor:
+def chain(key: Words, value: Words) -> Words:
     """Folds a 64-bit ``value`` into a 32-bit ``key`` (one hash per 32-bit word)."""
     for word in ((value & MASK32), (value >> 32) & MASK32):
         key = lowbias32((key + word) & MASK32)
     return key
 
 
-def key_of(*parts: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The 32-bit key (0-dim int64 tensor) of a sequence of integers, chained in order."""
-    key = torch.zeros((), dtype=torch.int64, device=device)
+def key_of(*parts: int) -> int:
+    """The 32-bit key of a sequence of integers, chained in order."""
+    key = 0
     for part in parts:
         key = chain(key, part)
     return key

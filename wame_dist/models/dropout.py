@@ -25,7 +25,7 @@ from wame_dist.hashing import MASK32, chain, key_of, lowbias32
 
 def sample_keys(seed: int, layer: int, epoch: int, indices: torch.Tensor) -> torch.Tensor:
     """The 32-bit key of each sample (``indices``: positions in the training set) for one layer/epoch."""
-    return chain(key_of(seed, layer, epoch, device=indices.device), indices.to(torch.int64))
+    return chain(key_of(seed, layer, epoch), indices.to(torch.int64))
 
 
 class SampleDropout(nn.Dropout):

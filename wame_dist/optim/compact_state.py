@@ -16,23 +16,27 @@ change below half a bfloat16 spacing (:math:`2^{-9}` relative), i.e. whenever :m
 2% of :math:`\theta_{t-1}`, so :math:`\theta` sticks; unbiased rounding keeps the average's expectation.
 
 The random bits are keyed, not drawn, so a run is reproducible bit for bit and every implementation rounds
-alike: element ``e`` (in row-major order) of the ``i``-th updated parameter's state ``k`` (0: zeta, 1: z,
-2: theta) at step ``t`` adds
+alike. At step ``t``, element ``e`` (in row-major order) of the ``i``-th updated parameter takes two hashes
 
 .. math::
-   r = \mathrm{lowbias32}((\mathrm{key}(t, i, k) + e) \bmod 2^{32}) \bmod 2^{16}
+   h_k = \mathrm{lowbias32}((\mathrm{key}(t, i, k) + e) \bmod 2^{32}), \quad k \in \{0, 1\}
 
-to the float32's bit pattern and clears its low 16 bits: the magnitude rounds up exactly when the low 16
-bits plus ``r`` carry, with probability (low 16 bits) / 2**16 (:mod:`wame_dist.hashing`). Infinities and
-NaN are stored as they are. A value that was stored in bfloat16 comes back unchanged (its low bits are 0),
-so a step skipped for an overflow leaves the state as it was.
+(:mod:`wame_dist.hashing`); ``zeta`` rounds with the low 16 bits of :math:`h_0`, ``z`` with its high 16,
+``theta`` with the low 16 of :math:`h_1` (:data:`NOISE`). Rounding with 16 bits ``r`` adds ``r`` to the
+float32's bit pattern and keeps its high 16 bits: the magnitude rounds up exactly when the low 16 bits plus
+``r`` carry, with probability (low 16 bits) / 2**16. An infinity's low bits are 0, so it stays; NaN is
+stored as bfloat16's quiet NaN ``0x7FC0``. A value that was stored in bfloat16 comes back unchanged (its
+low bits are 0), so a step skipped for an overflow leaves the state as it was.
 
 What this changes: a stored value is within one bfloat16 spacing (:math:`2^{-7}` relative at most) of the
 float32 rule's, unbiased; ``zeta`` may sit up to one spacing outside ``zeta_bounds`` (``zeta_min`` = 0.01 is
 not a bfloat16 number), which the next step's clamp treats as any out-of-bounds value. For bfloat16
-parameters the state is bfloat16 already and ``"bf16"`` changes nothing. The float32 copies exist only
-during ``step``; the rounding runs as torch ops over the state (about 20-40 ns per element on a 2-core CPU),
-so this path saves memory, not time, until a fused kernel rounds in registers.
+parameters the state is bfloat16 already and ``"bf16"`` changes nothing.
+
+Where it runs: the fused CPU kernel reads the bfloat16 state and rounds in registers, with the same bits
+(``csrc/wame_cpu.cpp``), for contiguous float32 parameters. Every other case (single-tensor, multi-tensor,
+CUDA, other layouts) runs the rule on float32 copies that exist only during ``step`` and rounds them with
+:func:`stochastic_round_` (torch ops, about 20-40 ns per element on a 2-core CPU): memory saved, time not.
 """
 
 from __future__ import annotations
@@ -45,8 +49,14 @@ from wame_dist.hashing import MASK32, key_of, lowbias32
 #: ``state_dtype`` -> the dtype zeta, z and theta are stored in (None: the parameter's).
 STATE_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 
-#: The states stored compactly, in the order of their key ``k``.
+#: The states stored compactly.
 COMPACT_KEYS = ("zeta", "z", "theta")
+
+#: Where each compact state's 16 random bits come from: (k of its hash h_k, the bits' shift in it).
+NOISE = {"zeta": (0, 0), "z": (0, 16), "theta": (1, 0)}
+
+#: bfloat16's quiet NaN, in which every NaN is stored (its bits as an int16).
+_NAN = 0x7FC0
 
 #: Elements hashed at a time: a chunk's int64 temporaries (256 KiB each) stay in cache across the hash's ops.
 _CHUNK = 1 << 15
@@ -57,26 +67,25 @@ def storage_dtype(state_dtype: str, param: Tensor) -> torch.dtype:
     return STATE_DTYPES[state_dtype] or param.dtype
 
 
-def stochastic_round_(out: Tensor, value: Tensor, key: Tensor) -> Tensor:
-    """Writes the float32 ``value`` into the bfloat16 ``out`` (same shape), rounded stochastically with the
-    bits keyed by ``key`` (0-dim int64, :func:`wame_dist.hashing.key_of`) and each element's row-major
-    position; returns ``out``."""
+def stochastic_round_(out: Tensor, value: Tensor, key: int, shift: int = 0) -> Tensor:
+    """Writes the float32 ``value`` into the bfloat16 ``out`` (same shape), rounded stochastically with
+    bits ``shift`` to ``shift + 15`` of ``lowbias32((key + e) mod 2**32)`` for the element at row-major
+    position ``e`` (``key``: :func:`wame_dist.hashing.key_of`); returns ``out``."""
     flat_value = value.reshape(-1).float()
-    rounded = torch.empty_like(flat_value)
+    rounded = torch.empty(flat_value.shape, dtype=torch.int16, device=flat_value.device)
     for start in range(0, flat_value.numel(), _CHUNK):
         piece = flat_value[start : start + _CHUNK]
         positions = torch.arange(start, start + piece.numel(), dtype=torch.int64, device=piece.device)
-        noise = (lowbias32((key + positions) & MASK32) & 0xFFFF).to(torch.int32)
-        bits = (piece.view(torch.int32) + noise) & -0x10000
-        rounded[start : start + piece.numel()] = torch.where(
-            torch.isfinite(piece), bits.view(torch.float32), piece
-        )
-    out.copy_(rounded.view(value.shape))
+        noise = ((lowbias32((key + positions) & MASK32) >> shift) & 0xFFFF).to(torch.int32)
+        bits = (piece.view(torch.int32) + noise) >> 16  # the high 16 bits, with the carry or not
+        rounded[start : start + piece.numel()] = torch.where(piece.isnan(), _NAN, bits).to(torch.int16)
+    out.view(torch.int16).copy_(rounded.view(value.shape))
     return out
 
 
 def round_state_(stored: list[Tensor], computed: list[Tensor], step: int, index: int) -> None:
     """Writes the float32 ``computed`` zeta, z, theta of the ``index``-th updated parameter back into their
     compact ``stored`` tensors after step ``step``."""
-    for k, (out, value) in enumerate(zip(stored, computed)):
-        stochastic_round_(out, value, key_of(step, index, k, device=value.device))
+    for name, out, value in zip(COMPACT_KEYS, stored, computed, strict=True):
+        k, shift = NOISE[name]
+        stochastic_round_(out, value, key_of(step, index, k), shift)

@@ -83,13 +83,33 @@ def _is_dense(tensor: Tensor) -> bool:
     return channels_last is not None and tensor.is_contiguous(memory_format=channels_last)
 
 
+def takes_compact(row: tuple[Tensor, ...]) -> bool:
+    """Whether a kernel reads and rounds a row's compact (bfloat16) state itself: the CPU kernel does, for
+    a contiguous float32 parameter (the keyed bits follow the row-major position, i.e. the storage order)."""
+    param, grad, prev_sign, zeta, z, theta = row
+    return (
+        param.device.type == "cpu"
+        and param.dtype == grad.dtype == torch.float32
+        and zeta.dtype == z.dtype == theta.dtype == torch.bfloat16
+        and prev_sign.dtype == torch.int8
+        and all(t.is_contiguous() for t in row)
+    )
+
+
 def _kernel_can_take(row: tuple[Tensor, ...]) -> bool:
     """A row (param, grad, prev_sign, zeta, z, theta) is walked element by element in storage order: all
-    must be dense with the parameter's strides, and all but the int8 prev_sign of its dtype."""
-    param, grad, prev_sign, *state = row
-    same_layout = all(t.stride() == param.stride() for t in (grad, prev_sign, *state))
-    same_dtype = all(t.dtype == param.dtype for t in (grad, *state)) and prev_sign.dtype == torch.int8
-    return _is_dense(param) and same_layout and same_dtype
+    must be dense with the parameter's strides, and all but the int8 prev_sign of its dtype (or the row's
+    state compact, see :func:`takes_compact`). Checked per row at every step, so written for speed."""
+    param, grad, prev_sign, zeta, z, theta = row
+    dtype, stride = param.dtype, param.stride()
+    if zeta.dtype != dtype:
+        return takes_compact(row)
+    return (
+        grad.dtype == z.dtype == theta.dtype == dtype
+        and prev_sign.dtype == torch.int8
+        and grad.stride() == prev_sign.stride() == zeta.stride() == z.stride() == theta.stride() == stride
+        and _is_dense(param)
+    )
 
 
 def fused_wame(
@@ -103,22 +123,33 @@ def fused_wame(
     multi_tensor_fallback: Callable[..., None],
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
+    state_keys: list[tuple[int, int] | None] | None = None,
     **hyper: float | bool,
 ) -> None:
     """Updates the tensors in place with the fused kernel of their device; rows a kernel cannot take go to
     ``multi_tensor_fallback`` with the same keyword hyperparameters. ``grad_scale`` and ``found_inf``
     (torch.amp's, see :func:`wame_dist.optim.wame.wame`) are sent to each device, as torch's fused Adam
-    sends them."""
-    grouped = _torch_compat.group_by_device_and_dtype(params, grads, prev_signs, zetas, zs, thetas)
-    for (device, _), tensor_lists in grouped.items():
+    sends them. Rows with compact state (only rows :func:`takes_compact` accepts) come with what keys their
+    stochastic rounding in ``state_keys``: (step, row index), see :mod:`wame_dist.optim.compact_state`."""
+    keys = state_keys or [None] * len(params)
+    grouped = _torch_compat.group_by_device_and_dtype(params, grads, prev_signs, zetas, zs, thetas, keys)
+    for (device, _), (*tensor_lists, row_keys) in grouped.items():
         amp = {
             "grad_scale": None if grad_scale is None else grad_scale.to(device, non_blocking=True),
             "found_inf": None if found_inf is None else found_inf.to(device, non_blocking=True),
         }
-        rows = list(zip(*tensor_lists))
-        dense = [row for row in rows if _kernel_can_take(row)]
-        other = [row for row in rows if not _kernel_can_take(row)]
+        dense, other = [], []
+        for *row, key in zip(*tensor_lists, row_keys):
+            takes = key is not None or _kernel_can_take(row)  # a key: the caller checked takes_compact
+            (dense if takes else other).append((*row, key))
         if dense:
-            _kernel_for(device)(*map(list, zip(*dense)), **hyper, **amp)
+            keyed = any(key is not None for *_, key in dense)  # only the CPU kernel takes keys
+            steps_rows = [key or (0, 0) for *_, key in dense]
+            compact = (
+                {"state_steps": [t for t, _ in steps_rows], "state_rows": [r for _, r in steps_rows]}
+                if keyed
+                else {}
+            )
+            _kernel_for(device)(*map(list, zip(*(row[:-1] for row in dense))), **hyper, **amp, **compact)
         if other:
-            multi_tensor_fallback(*map(list, zip(*other)), **hyper, **amp)
+            multi_tensor_fallback(*map(list, zip(*(row[:-1] for row in other))), **hyper, **amp)

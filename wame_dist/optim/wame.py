@@ -509,9 +509,10 @@ def wame(
     ``lr`` and the step's rate ``step_size``: for the Keras variant both depend on the step count, so
     parameters are updated in one call per distinct count (all of them, unless some missed steps).
 
-    Rows whose zeta, z and theta are of another dtype than the parameter (``state_dtype="bf16"``) are
-    updated on copies in the parameter's dtype, written back by
-    :func:`wame_dist.optim.compact_state.round_state_` (key: the row's position in these lists).
+    Rows whose zeta, z and theta are of another dtype than the parameter (``state_dtype="bf16"``, key: the
+    row's position in these lists) go to the fused CPU kernel as they are where it takes them
+    (:func:`wame_dist.optim.fused.takes_compact`), which rounds in registers; the others are updated on
+    copies in the parameter's dtype, written back by :func:`wame_dist.optim.compact_state.round_state_`.
     """
     params, grads, prev_signs, zetas, zs, thetas = (
         _torch_compat.local_tensors(tensors) for tensors in (params, grads, prev_signs, zetas, zs, thetas)
@@ -524,19 +525,25 @@ def wame(
     lr = float(_torch_compat.to_scalar(lr))
     rows = list(zip(params, grads, prev_signs, zetas, zs, thetas))
     compact = {i: row[3:] for i, row in enumerate(rows) if row[3].dtype != row[0].dtype}
-    for i, stored in compact.items():  # the rule runs on float copies in the parameter's dtype
-        rows[i] = (*rows[i][:3], *(t.to(rows[i][0].dtype) for t in stored))
+    in_kernel = {
+        i: (int(steps[i]), i)
+        for i in compact
+        if implementation is _fused_wame and _fused.takes_compact(rows[i])
+    }
+    for i in compact.keys() - in_kernel.keys():  # the rule runs on float copies in the parameter's dtype
+        rows[i] = (*rows[i][:3], *(t.to(rows[i][0].dtype) for t in compact[i]))
     keras = variant == "keras"
     if keras:
-        by_step: dict[float, list[tuple[Tensor, ...]]] = {}
-        for row, step in zip(rows, steps):
-            by_step.setdefault(float(step), []).append(row)
-        batches = [(_keras_rates(lr, betas, decay, t), batch) for t, batch in by_step.items()]
+        by_step: dict[float, list[int]] = {}
+        for i, step in enumerate(steps):
+            by_step.setdefault(float(step), []).append(i)
+        batches = [(_keras_rates(lr, betas, decay, t), indices) for t, indices in by_step.items()]
     else:
-        batches = [((lr, lr), rows)]
-    for (decayed_lr, step_size), batch in batches:
+        batches = [((lr, lr), list(range(len(rows))))]
+    for (decayed_lr, step_size), indices in batches:
+        keys = {"state_keys": [in_kernel.get(i) for i in indices]} if in_kernel else {}
         implementation(
-            *(list(column) for column in zip(*batch)),
+            *(list(column) for column in zip(*(rows[i] for i in indices))),
             lr=decayed_lr,
             step_size=step_size,
             alpha=alpha,
@@ -554,9 +561,10 @@ def wame(
             weight_sign=sign_source == "weight",
             grad_scale=grad_scale,
             found_inf=found_inf,
+            **keys,
         )
-    for i, stored in compact.items():
-        compact_state.round_state_(list(stored), list(rows[i][3:]), int(steps[i]), i)
+    for i in compact.keys() - in_kernel.keys():
+        compact_state.round_state_(list(compact[i]), list(rows[i][3:]), int(steps[i]), i)
 
 
 def _keras_rates(lr: float, betas: tuple[float, float], decay: float, t: float) -> tuple[float, float]:

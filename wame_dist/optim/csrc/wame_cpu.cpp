@@ -12,8 +12,16 @@
 // reciprocal (rounded to float as GradScaler.unscale_ rounds it) multiplies each gradient as it is read (the
 // gradient in memory stays scaled); without a grad_scale the factor is 1, an exact no-op.
 //
-// Built at first use by wame_dist/optim/cpu_kernel.py with -O3 -march=native -fno-math-errno
-// (so sqrt vectorises) and -ffp-contract=off (so gcc adds no fused multiply-adds torch does not use).
+// Compact state (WAME(state_dtype="bf16"), float32 parameters only): zeta, z and theta are read from bfloat16
+// (exact) and written back rounded stochastically in registers, bit for bit as
+// wame_dist/optim/compact_state.py::stochastic_round_ does with torch ops: element i of the parameter in row
+// r at step t adds 16 bits of lowbias32((key(t, r, k) + i) mod 2**32) to the float32's bits and keeps the
+// high 16 (an infinity's low bits are 0: it stays); NaN is stored as 0x7FC0. Which k and which half each
+// state takes: compact_state.NOISE. state_steps and state_rows give each compact row's t and r.
+//
+// Built at first use by wame_dist/optim/cpu_kernel.py with -O3 -march=native -mprefer-vector-width=512
+// (AVX-512 where the CPU has it: the compact path's hashing is compute-bound), -fno-math-errno (so sqrt
+// vectorises) and -ffp-contract=off (so gcc adds no fused multiply-adds torch does not use).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -21,10 +29,59 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <optional>
 #include <vector>
 
 namespace {
+
+// Chris Wellons' lowbias32, as wame_dist/hashing.py computes it.
+inline uint32_t lowbias32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352dU;
+  x ^= x >> 15;
+  x *= 0x846ca68bU;
+  x ^= x >> 16;
+  return x;
+}
+
+// Folds a 64-bit value into a 32-bit key, one lowbias32 per 32-bit word (wame_dist/hashing.py::chain).
+inline uint32_t chain(uint32_t key, uint64_t value) {
+  key = lowbias32(key + static_cast<uint32_t>(value));
+  return lowbias32(key + static_cast<uint32_t>(value >> 32));
+}
+
+inline float bf16_bits_to_float(uint16_t bits) {
+  uint32_t u = static_cast<uint32_t>(bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// Stochastic rounding of float32 x to bfloat16 with 16 random bits `noise` (in the low 16 bits).
+inline uint16_t float_to_bf16_stochastic(float x, uint32_t noise) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  const bool nan = (u & 0x7FFFFFFFU) > 0x7F800000U;
+  return nan ? uint16_t(0x7FC0) : static_cast<uint16_t>((u + (noise & 0xFFFFU)) >> 16);
+}
+
+// The stored form of zeta, z and theta: the parameter's type T, or (kCompact) bfloat16's bits.
+template <typename T, bool kCompact>
+using StateT = std::conditional_t<kCompact, uint16_t, T>;
+
+// The two keys of a row's rounding at one step: element i draws lowbias32(pair + i), whose low and high
+// halves round zeta and z, and lowbias32(theta + i), whose low half rounds theta (compact_state.NOISE).
+struct Keys {
+  uint32_t pair, theta;
+};
+
+// hashing.key_of(step, index, k) for k = 0, 1.
+inline Keys keys_of(int64_t step, int64_t index) {
+  const uint32_t row = chain(chain(0, static_cast<uint64_t>(step)), static_cast<uint64_t>(index));
+  return Keys{chain(row, 0), chain(row, 1)};
+}
 
 struct Hyper {
   double lr, step_size, alpha, theta_decay, eta_minus, eta_plus, zeta_min, zeta_max, eps, weight_decay,
@@ -34,9 +91,29 @@ struct Hyper {
 
 enum Decay { kNoDecay = 0, kL2 = 1, kDecoupled = 2 };
 
-template <typename T, bool kMaximize, int kDecay, bool kLiteral, bool kKeras, bool kWeightSign>
-void wame_range(T* __restrict__ w, const T* __restrict__ g, int8_t* __restrict__ prev, T* __restrict__ zeta,
-                T* __restrict__ z, T* __restrict__ theta, int64_t begin, int64_t end, const Hyper& h) {
+template <typename T, bool kCompact, typename A>
+inline A load_state(const StateT<T, kCompact>* s, int64_t i) {
+  if constexpr (kCompact) {
+    return bf16_bits_to_float(s[i]);
+  } else {
+    return static_cast<A>(s[i]);
+  }
+}
+
+template <typename T, bool kCompact, typename A>
+inline void store_state(StateT<T, kCompact>* s, int64_t i, A value, uint32_t noise) {
+  if constexpr (kCompact) {
+    s[i] = float_to_bf16_stochastic(value, noise);
+  } else {
+    s[i] = static_cast<T>(value);
+  }
+}
+
+template <typename T, bool kCompact, bool kMaximize, int kDecay, bool kLiteral, bool kKeras, bool kWeightSign>
+void wame_range(T* __restrict__ w, const T* __restrict__ g, int8_t* __restrict__ prev,
+                StateT<T, kCompact>* __restrict__ zeta, StateT<T, kCompact>* __restrict__ z,
+                StateT<T, kCompact>* __restrict__ theta, int64_t begin, int64_t end, const Hyper& h,
+                const Keys& keys) {
   using A = at::opmath_type<T>;
   const A lr = static_cast<A>(h.lr), wd = static_cast<A>(h.weight_decay);
   const A decay = static_cast<A>(1.0 - h.lr * h.weight_decay);
@@ -57,7 +134,7 @@ void wame_range(T* __restrict__ w, const T* __restrict__ g, int8_t* __restrict__
     // Written without branches (selects only) so that gcc vectorises the loop.
     const A sign = static_cast<A>(grad > A(0)) - static_cast<A>(grad < A(0));  // torch.sign; NaN -> 0
     const A agreement = sign * static_cast<A>(prev[i]);
-    A zt = static_cast<A>(zeta[i]);
+    A zt = load_state<T, kCompact, A>(zeta, i);
     A grown = zt * eta_plus;
     A shrunk = zt * eta_minus;
     if (!kKeras) {
@@ -71,44 +148,52 @@ void wame_range(T* __restrict__ w, const T* __restrict__ g, int8_t* __restrict__
       used = used < zeta_min ? zeta_min : used;
       used = used > zeta_max ? zeta_max : used;
     }
-    A zz = static_cast<A>(z[i]);
+    A zz = load_state<T, kCompact, A>(z, i);
     zz = std::fma(one_minus_alpha, used - zz, zz);          // z.lerp_(zeta or clipped, 1 - alpha)
     const A factor = kKeras ? used / zz : zz;               // clipped.div_(z), or z
-    A th = static_cast<A>(theta[i]) * theta_decay;          // theta.mul_(theta_decay)
+    A th = load_state<T, kCompact, A>(theta, i) * theta_decay;          // theta.mul_(theta_decay)
     th = std::fma(one_minus_theta_decay * grad, grad, th);  // .addcmul_(grad, grad, value=1 - theta_decay)
     const A denom = (kLiteral ? th : std::sqrt(th)) + eps;  // theta(.sqrt()).add(eps)
     weight = weight + neg_step_size * (factor * grad) / denom;  // param.addcdiv_(factor * grad, denom, -step_size)
     w[i] = static_cast<T>(weight);
     prev[i] = static_cast<int8_t>(kWeightSign ? weight_before_sign : sign);
-    zeta[i] = static_cast<T>(zt);
-    z[i] = static_cast<T>(zz);
-    theta[i] = static_cast<T>(th);
+    uint32_t pair_noise = 0, theta_noise = 0;  // the keyed bits; unused (and optimised away) in full precision
+    if constexpr (kCompact) {
+      pair_noise = lowbias32(keys.pair + static_cast<uint32_t>(i));
+      theta_noise = lowbias32(keys.theta + static_cast<uint32_t>(i));
+    }
+    store_state<T, kCompact, A>(zeta, i, zt, pair_noise);
+    store_state<T, kCompact, A>(z, i, zz, pair_noise >> 16);
+    store_state<T, kCompact, A>(theta, i, th, theta_noise);
   }
 }
 
-template <typename T, bool kMaximize, int kDecay>
-void wame_tensor_decay(T* w, const T* g, int8_t* prev, T* zeta, T* z, T* theta, int64_t n, const Hyper& h,
-                       bool literal, bool keras) {
+template <typename T, bool kCompact, bool kMaximize, int kDecay>
+void wame_tensor_decay(T* w, const T* g, int8_t* prev, StateT<T, kCompact>* zeta, StateT<T, kCompact>* z,
+                       StateT<T, kCompact>* theta, int64_t n, const Hyper& h, const Keys& keys, bool literal,
+                       bool keras) {
   // Grains of 64 KiB elements: large enough to amortise thread wake-up, small enough to balance.
   at::parallel_for(0, n, 1 << 16, [&](int64_t begin, int64_t end) {
     if (keras && h.weight_sign) {
-      wame_range<T, kMaximize, kDecay, false, true, true>(w, g, prev, zeta, z, theta, begin, end, h);
+      wame_range<T, kCompact, kMaximize, kDecay, false, true, true>(w, g, prev, zeta, z, theta, begin, end, h, keys);
     } else if (keras) {
-      wame_range<T, kMaximize, kDecay, false, true, false>(w, g, prev, zeta, z, theta, begin, end, h);
+      wame_range<T, kCompact, kMaximize, kDecay, false, true, false>(w, g, prev, zeta, z, theta, begin, end, h, keys);
     } else if (literal) {
-      wame_range<T, kMaximize, kDecay, true, false, false>(w, g, prev, zeta, z, theta, begin, end, h);
+      wame_range<T, kCompact, kMaximize, kDecay, true, false, false>(w, g, prev, zeta, z, theta, begin, end, h, keys);
     } else {
-      wame_range<T, kMaximize, kDecay, false, false, false>(w, g, prev, zeta, z, theta, begin, end, h);
+      wame_range<T, kCompact, kMaximize, kDecay, false, false, false>(w, g, prev, zeta, z, theta, begin, end, h, keys);
     }
   });
 }
 
-template <typename T>
-void wame_tensor(T* w, const T* g, int8_t* prev, T* zeta, T* z, T* theta, int64_t n, const Hyper& h,
-                 bool decoupled, bool literal, bool maximize, bool keras) {
+template <typename T, bool kCompact>
+void wame_tensor(T* w, const T* g, int8_t* prev, StateT<T, kCompact>* zeta, StateT<T, kCompact>* z,
+                 StateT<T, kCompact>* theta, int64_t n, const Hyper& h, const Keys& keys, bool decoupled,
+                 bool literal, bool maximize, bool keras) {
   const int decay = h.weight_decay == 0.0 ? kNoDecay : (decoupled ? kDecoupled : kL2);
-#define WAME_DECAY_CASE(MAX, DECAY) \
-  if (maximize == MAX && decay == DECAY) return wame_tensor_decay<T, MAX, DECAY>(w, g, prev, zeta, z, theta, n, h, literal, keras);
+#define WAME_DECAY_CASE(MAX, DECAY)                                                                       \
+  if (maximize == MAX && decay == DECAY)                                                                 \
+    return wame_tensor_decay<T, kCompact, MAX, DECAY>(w, g, prev, zeta, z, theta, n, h, keys, literal, keras);
   WAME_DECAY_CASE(false, kNoDecay)
   WAME_DECAY_CASE(false, kL2)
   WAME_DECAY_CASE(false, kDecoupled)
@@ -134,24 +219,42 @@ void wame_step_(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, s
                 double lr, double step_size, double alpha, double theta_decay, double eta_minus, double eta_plus,
                 double zeta_min, double zeta_max, double eps, double weight_decay, bool decoupled_weight_decay,
                 bool literal, bool maximize, bool keras, bool weight_sign,
-                const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+                const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                const std::vector<int64_t>& state_steps, const std::vector<int64_t>& state_rows) {
   if (found_inf.has_value() && found_inf->item<double>() != 0.0) return;  // torch.amp skips this step
   const double inv_grad_scale =
       grad_scale.has_value() ? static_cast<double>(static_cast<float>(1.0 / grad_scale->item<double>())) : 1.0;
   const Hyper h{lr,       step_size,    alpha,          theta_decay, eta_minus, eta_plus, zeta_min,
                 zeta_max, eps,          weight_decay, inv_grad_scale, weight_sign};
+  TORCH_CHECK(state_steps.size() == state_rows.size() && (state_steps.empty() || state_steps.size() == params.size()),
+              "wame_cpu: state_steps and state_rows hold one step count and one row index per parameter");
   for (size_t i = 0; i < params.size(); ++i) {
     auto& p = params[i];
     check_row(p, {grads[i], prev_signs[i], zetas[i], zs[i], thetas[i]});
     TORCH_CHECK(prev_signs[i].scalar_type() == at::kChar, "wame_cpu: prev_sign must be int8");
-    TORCH_CHECK(grads[i].scalar_type() == p.scalar_type() && zetas[i].scalar_type() == p.scalar_type() &&
-                    zs[i].scalar_type() == p.scalar_type() && thetas[i].scalar_type() == p.scalar_type(),
-                "wame_cpu: gradient and state must have the parameter's dtype");
+    TORCH_CHECK(grads[i].scalar_type() == p.scalar_type(), "wame_cpu: the gradient must have the parameter's dtype");
+    const auto state_type = zetas[i].scalar_type();
+    TORCH_CHECK(zs[i].scalar_type() == state_type && thetas[i].scalar_type() == state_type,
+                "wame_cpu: zeta, z and theta must share one dtype");
+    const bool compact = state_type != p.scalar_type();
+    if (compact) {
+      TORCH_CHECK(p.scalar_type() == at::kFloat && state_type == at::kBFloat16 && p.is_contiguous() &&
+                      !state_steps.empty(),
+                  "wame_cpu: compact state is bfloat16 state of a contiguous float32 parameter, with its keys' "
+                  "state_steps and state_rows");
+      const Keys keys = keys_of(state_steps[i], state_rows[i]);
+      auto bits = [](at::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); };
+      wame_tensor<float, true>(p.data_ptr<float>(), grads[i].data_ptr<float>(), prev_signs[i].data_ptr<int8_t>(),
+                               bits(zetas[i]), bits(zs[i]), bits(thetas[i]), p.numel(), h, keys,
+                               decoupled_weight_decay, literal, maximize, keras);
+      continue;
+    }
+    const Keys no_keys{0, 0};
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "wame_cpu", [&] {
-      wame_tensor<scalar_t>(p.data_ptr<scalar_t>(), grads[i].data_ptr<scalar_t>(),
-                            prev_signs[i].data_ptr<int8_t>(), zetas[i].data_ptr<scalar_t>(),
-                            zs[i].data_ptr<scalar_t>(), thetas[i].data_ptr<scalar_t>(), p.numel(), h,
-                            decoupled_weight_decay, literal, maximize, keras);
+      wame_tensor<scalar_t, false>(p.data_ptr<scalar_t>(), grads[i].data_ptr<scalar_t>(),
+                                   prev_signs[i].data_ptr<int8_t>(), zetas[i].data_ptr<scalar_t>(),
+                                   zs[i].data_ptr<scalar_t>(), thetas[i].data_ptr<scalar_t>(), p.numel(), h,
+                                   no_keys, decoupled_weight_decay, literal, maximize, keras);
     });
   }
 }
@@ -164,5 +267,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("eta_plus"), py::arg("zeta_min"), py::arg("zeta_max"), py::arg("eps"), py::arg("weight_decay"),
         py::arg("decoupled_weight_decay"), py::arg("literal"), py::arg("maximize"), py::arg("keras"),
         py::arg("weight_sign"), py::arg("grad_scale") = py::none(),
-        py::arg("found_inf") = py::none());
+        py::arg("found_inf") = py::none(), py::arg("state_steps") = std::vector<int64_t>{},
+        py::arg("state_rows") = std::vector<int64_t>{});
 }
