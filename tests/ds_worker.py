@@ -42,9 +42,11 @@ ZERO = {
 }
 
 
-def ds_config(zero: str, variant: str = "algorithm1", **extra) -> dict:
-    """The config of a run under ``ZERO[zero]``; ``variant="keras"`` names it in the WAME block."""
+def ds_config(zero: str, variant: str = "algorithm1", state_dtype: str = "fp32", **extra) -> dict:
+    """The config of a run under ``ZERO[zero]``; ``variant="keras"`` and ``state_dtype="bf16"`` are named
+    in the WAME block."""
     params = {"lr": LR, **({"variant": variant} if variant != "algorithm1" else {})}
+    params.update({"state_dtype": state_dtype} if state_dtype != "fp32" else {})
     return {
         "train_batch_size": GLOBAL_BATCH,
         "gradient_clipping": 0.0,  # DeepSpeed clips at 1.0 unless told otherwise
@@ -86,12 +88,18 @@ def global_batches(steps: int, batch: int = GLOBAL_BATCH) -> list[torch.Tensor]:
     return [torch.tensor(order[k * batch : (k + 1) * batch]) for k in range(steps)]
 
 
-def reference_run(steps: int, clip: float = 0.0, variant: str = "algorithm1") -> tuple[dict, dict]:
+def reference_run(
+    steps: int, clip: float = 0.0, variant: str = "algorithm1", state_dtype: str = "fp32"
+) -> tuple[dict, dict]:
     """Plain WAME, one process, the same global batches: final parameters and state by parameter name
-    (the state also holds ``weight_before_last_step``: the Keras variant's ``prev_sign`` is its sign)."""
+    (the state also holds ``weight_before_last_step``: the Keras variant's ``prev_sign`` is its sign).
+    Each parameter is placed where ZeRO-1/2's flat buffer holds it (row 0, its offset in the model's
+    parameters laid end to end), which keys compact state's rounding as ZeRO's partitions key it."""
     images, labels = data()
     model = make_model()
-    optimizer = WAME(model.parameters(), lr=LR, variant=variant)
+    optimizer = WAME(model.parameters(), lr=LR, variant=variant, state_dtype=state_dtype)
+    offsets = torch.tensor([0] + [p.numel() for p in model.parameters()]).cumsum(0).tolist()
+    optimizer.place({p: (0, offset) for p, offset in zip(model.parameters(), offsets)})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the ranks: a multi-threaded backward sums in another order
     try:
@@ -169,15 +177,22 @@ def save(out: Path, name: str, result: dict) -> None:
 
 
 def scenario_train(
-    out: Path, configs, steps=20, clip=0.0, accumulation=1, suffix="", variant="algorithm1"
+    out: Path,
+    configs,
+    steps=20,
+    clip=0.0,
+    accumulation=1,
+    suffix="",
+    variant="algorithm1",
+    state_dtype="fp32",
 ) -> None:
     """fp32 training under each ZeRO config (optionally with clipping, gradient accumulation, or WAME's
-    Keras variant named in the config's block)."""
+    Keras variant or compact state named in the config's block)."""
     extra = {"gradient_clipping": clip}
     if accumulation > 1:
         extra["gradient_accumulation_steps"] = accumulation
     for zero in configs:
-        trainer = Trainer(ds_config(zero, variant, **extra))
+        trainer = Trainer(ds_config(zero, variant, state_dtype, **extra))
         for _ in range(steps):
             trainer.step()
         save(out, f"{zero}{suffix}", trainer.snapshot())
@@ -206,30 +221,32 @@ def scenario_mixed(out: Path, configs, steps=10) -> None:
             save(out, f"{zero}_{precision}", result)
 
 
-def scenario_checkpoint(out: Path, configs, ckpt, steps=20, resume=True) -> None:
+def scenario_checkpoint(
+    out: Path, configs, ckpt, steps=20, resume=True, state_dtype="fp32", suffix=""
+) -> None:
     """Save at half time and continue; a fresh engine loads the checkpoint and continues the same way."""
     half = steps // 2
     for zero in configs:
         directory = Path(ckpt) / zero
-        trainer = Trainer(ds_config(zero))
+        trainer = Trainer(ds_config(zero, state_dtype=state_dtype))
         for _ in range(half):
             trainer.step()
         trainer.engine.save_checkpoint(str(directory), tag=f"step{half}")
         for _ in range(steps - half):
             trainer.step()
-        save(out, f"{zero}_straight", trainer.snapshot())
+        save(out, f"{zero}{suffix}_straight", trainer.snapshot())
         if resume:
-            save(out, f"{zero}_resumed", continued_from(directory, steps))
+            save(out, f"{zero}{suffix}_resumed", continued_from(directory, steps, state_dtype))
 
 
-def scenario_load(out: Path, configs, ckpt, steps=20) -> None:
+def scenario_load(out: Path, configs, ckpt, steps=20, state_dtype="fp32", suffix="") -> None:
     """Load a (resharded) checkpoint on this world size and continue to ``steps``."""
     for zero in configs:
-        save(out, f"{zero}_loaded", continued_from(Path(ckpt) / zero, steps))
+        save(out, f"{zero}{suffix}_loaded", continued_from(Path(ckpt) / zero, steps, state_dtype))
 
 
-def continued_from(directory: Path, steps: int) -> dict:
-    trainer = Trainer(ds_config(directory.name))
+def continued_from(directory: Path, steps: int, state_dtype: str = "fp32") -> dict:
+    trainer = Trainer(ds_config(directory.name, state_dtype=state_dtype))
     trainer.engine.load_checkpoint(str(directory))
     done = trainer.engine.global_steps
     trainer.micro_steps = done * trainer.engine.gradient_accumulation_steps()

@@ -9,6 +9,7 @@ state_dtype is kept by state_dict and a state_dict of the other kind is refused.
 from __future__ import annotations
 
 import io
+import json
 import math
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from launching import job_env
 from test_wame_implementations import OPTIONS, gradients, make_params
 
 from wame_dist import WAME
-from wame_dist.deepspeed.config import ConfigError, wame_arguments
+from wame_dist.deepspeed.config import wame_arguments
 from wame_dist.hashing import key_of
 from wame_dist.optim.compact_state import NOISE, stochastic_round_
 
@@ -230,50 +231,58 @@ def test_an_unknown_state_dtype_names_the_choices():
         WAME(make_params(torch.float32), state_dtype="8bit")
 
 
-def test_deepspeed_refuses_compact_state_in_a_config_block():
-    with pytest.raises(ConfigError, match="not yet supported inside DeepSpeed"):
-        wame_arguments({"lr": 1e-3, "state_dtype": "bf16"})
-    assert wame_arguments({"state_dtype": "fp32"}) == {"state_dtype": "fp32"}
+def test_a_deepspeed_config_block_takes_the_state_dtype():
+    assert wame_arguments({"lr": 1e-3, "state_dtype": "bf16"}) == {"lr": 1e-3, "state_dtype": "bf16"}
 
 
 CLIENT_OPTIMIZER = """
-import torch, deepspeed
+import json, torch, deepspeed
 from wame_dist import WAME
 from wame_dist.deepspeed import register
 register()
 model = torch.nn.Linear(4, 2)
-deepspeed.initialize(
-    model=model,
-    optimizer=WAME(model.parameters(), state_dtype="bf16"),
-    config={"train_batch_size": 2, "zero_optimization": {"stage": 2}},
+optimizer = WAME(model.parameters(), state_dtype="bf16")
+engine, *_ = deepspeed.initialize(
+    model=model, optimizer=optimizer, config={"train_batch_size": 2, "zero_optimization": {"stage": 2}}
 )
+engine.backward(engine(torch.ones(2, 4)).sum())
+engine.step()
+flat = optimizer.param_groups[0]["params"][0]
+print(json.dumps({
+    "place": optimizer.state_positions[flat], "numel": flat.numel(),
+    "dtypes": {key: str(value.dtype) for key, value in optimizer.state[flat].items()},
+}))
 """
 
 
-def test_deepspeed_refuses_a_compact_state_client_optimizer():
-    """A WAME instance handed to DeepSpeed's own initialize (as HF Trainer and Lightning do) is refused
-    once ZeRO has built it, before any step: a real one-rank DeepSpeed engine on gloo."""
+def test_a_compact_state_client_optimizer_trains_under_zero_placed_in_its_group():
+    """A WAME instance handed to DeepSpeed's own initialize (as HF Trainer and Lightning do): a real one-rank
+    ZeRO-2 engine on gloo steps it with its state in bfloat16, the flat partition placed at the start of
+    its group (the multi-rank runs are in tests/test_deepspeed_zero.py)."""
     env = job_env(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29613")
     proc = subprocess.run(
         [sys.executable, "-c", CLIENT_OPTIMIZER], capture_output=True, text=True, timeout=300, env=env
     )
-    assert proc.returncode != 0
-    assert "WAME(state_dtype='bf16') is not yet supported inside DeepSpeed" in proc.stderr, proc.stderr[
-        -3000:
-    ]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["place"] == [[found["numel"], 0, 0]]
+    assert found["dtypes"] == {
+        "step": "torch.float32", "prev_sign": "torch.int8",
+        "zeta": "torch.bfloat16", "z": "torch.bfloat16", "theta": "torch.bfloat16",
+    }  # fmt: skip
 
 
 def test_the_fused_cpu_kernel_rounds_in_registers_bit_for_bit_as_the_torch_ops_do():
-    """The CPU kernel given bfloat16 state (and each row's step and index) against the definition: the same
-    kernel on float32 copies of the state, then :func:`stochastic_round_` with ``key_of(step, row, k)`` and
-    the bits :data:`NOISE` names.
+    """The CPU kernel given bfloat16 state (and each tensor's step, row and offset) against the definition:
+    the same kernel on float32 copies of the state, then :func:`stochastic_round_` with
+    ``key_of(step, row, k)``, the offset and the bits :data:`NOISE` names (an offset near 2**32 wraps).
     Rows of odd lengths (vector tails, several threads' grains), a state at infinity and NaN, weights and
     prev_signs identical, every stored bit identical."""
     from wame_dist.optim import cpu_kernel
 
     kernel = cpu_kernel.load()
     generator = torch.Generator().manual_seed(5)
-    sizes, steps = (1, 17, 200_003), (1, 9, 123_456_789_012)
+    sizes, steps, offsets = (1, 17, 200_003), (1, 9, 123_456_789_012), (0, 2**32 - 5, 12_345)
     rows = []
     for n in sizes:
         grad = torch.randn(n, generator=generator)
@@ -309,12 +318,76 @@ def test_the_fused_cpu_kernel_rounds_in_registers_bit_for_bit_as_the_torch_ops_d
         for column, name in zip(expected[3:], COMPACT, strict=True):
             k, shift = NOISE[name]
             out = torch.empty_like(column[i], dtype=torch.bfloat16)
-            column[i] = stochastic_round_(out, column[i], key_of(step, i, k), shift)
+            column[i] = stochastic_round_(out, column[i], key_of(step, i, k), shift, offsets[i])
     got = columns(rows, torch.bfloat16)
-    kernel.wame_step_(*got, **hyper, state_steps=list(steps), state_rows=list(range(len(rows))))
+    placed = {"state_steps": steps, "state_rows": range(len(rows)), "state_offsets": offsets}
+    placed = {name: list(values) for name, values in placed.items()}
+    kernel.wame_step_(*got, **hyper, **placed)
     bits = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.int8: torch.int8}
     for got_column, expected_column in zip(got, expected, strict=True):
         for mine, theirs in zip(got_column, expected_column, strict=True):
             assert mine.dtype == theirs.dtype
             assert torch.equal(mine.view(bits[mine.dtype]), theirs.view(bits[theirs.dtype]))  # NaN included
     assert got[5][2][3].isinf() and got[5][2][5].isnan()
+
+
+@pytest.mark.parametrize("implementation", list(IMPLEMENTATIONS))
+def test_a_parameter_cut_in_placed_pieces_rounds_as_the_whole(implementation):
+    """What ZeRO does to a flat parameter: two optimizers each step one piece of it, placed at its offset
+    in the whole (:meth:`WAME.place`); after 20 steps weights and every state bit equal those of one
+    optimizer stepping the uncut tensor."""
+    generator = torch.Generator().manual_seed(11)
+    whole = torch.nn.Parameter(torch.randn(10_001, generator=generator))
+    pieces = [torch.nn.Parameter(part.clone()) for part in whole.detach().split(6_000)]
+    options = {"lr": 1e-2, "state_dtype": "bf16", **IMPLEMENTATIONS[implementation]}
+    reference = WAME([whole], **options)
+    cut = [WAME([piece], **options) for piece in pieces]
+    for optimizer, piece, offset in zip(cut, pieces, (0, 6_000), strict=True):
+        optimizer.place({piece: (0, offset)})
+    for _ in range(20):
+        gradient = torch.randn(whole.shape, generator=generator)
+        whole.grad = gradient.clone()
+        for piece, part in zip(pieces, gradient.split(6_000), strict=True):
+            piece.grad = part.clone()
+        reference.step()
+        for optimizer in cut:
+            optimizer.step()
+    assert torch.equal(torch.cat([piece.detach() for piece in pieces]), whole.detach())
+    for key in ("prev_sign", *COMPACT):
+        joined = torch.cat([opt.state[piece][key] for opt, piece in zip(cut, pieces, strict=True)])
+        assert torch.equal(joined, reference.state[whole][key]), key
+
+
+def test_pieces_of_two_parameters_in_one_tensor_round_as_the_parameters():
+    """What ZeRO-3 does: each rank's tensor is a piece of every parameter laid end to end, placed in pieces
+    (length, row, offset); after 20 steps both ranks' tensors hold exactly the uncut parameters' values and
+    state. A placement whose pieces do not add up is refused."""
+    generator = torch.Generator().manual_seed(3)
+    half = (5_000, 256)  # each of two ranks holds half of each parameter
+    wholes = [torch.nn.Parameter(torch.randn(2 * n, generator=generator)) for n in half]
+    reference = WAME(wholes, lr=1e-2, state_dtype="bf16")
+    reference.place({wholes[0]: (0, 0), wholes[1]: (0, 2 * half[0])})
+
+    def rank_piece(tensors, rank):
+        return torch.cat([t.detach()[rank * n : (rank + 1) * n] for t, n in zip(tensors, half)])
+
+    ranks = [torch.nn.Parameter(rank_piece(wholes, rank)) for rank in range(2)]
+    optimizers = [WAME([flat], lr=1e-2, state_dtype="bf16") for flat in ranks]
+    for rank, (optimizer, flat) in enumerate(zip(optimizers, ranks)):
+        optimizer.place({flat: [(half[0], 0, rank * half[0]), (half[1], 0, 2 * half[0] + rank * half[1])]})
+    for _ in range(20):
+        gradients = [torch.randn(w.shape, generator=generator) for w in wholes]
+        for w, g in zip(wholes, gradients):
+            w.grad = g.clone()
+        for rank, flat in enumerate(ranks):
+            flat.grad = rank_piece(gradients, rank)
+        reference.step()
+        for optimizer in optimizers:
+            optimizer.step()
+    for rank, (optimizer, flat) in enumerate(zip(optimizers, ranks)):
+        assert torch.equal(flat.detach(), rank_piece(wholes, rank))
+        for key in ("prev_sign", *COMPACT):
+            expected = rank_piece([reference.state[w][key] for w in wholes], rank)
+            assert torch.equal(optimizer.state[flat][key], expected), (rank, key)
+    with pytest.raises(ValueError, match="pieces of 5256 elements for a parameter of 10000"):
+        optimizers[0].place({wholes[0]: [(5_000, 0, 0), (256, 0, 9)]})

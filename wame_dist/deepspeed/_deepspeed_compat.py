@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+import torch
+import torch.distributed as dist
 from deepspeed.runtime import engine as _engine
 from deepspeed.runtime.config import DtypeEnum
 from deepspeed.runtime.constants import GRADIENT_CLIPPING_DEFAULT
@@ -42,6 +44,7 @@ __all__ = [
     "fragment_address",
     "is_model_states_file",
     "optim_file",
+    "partition_places",
     "zero3_model_file",
 ]
 
@@ -93,3 +96,44 @@ MODEL_PARALLEL_RANK = re.compile(r"mp_rank_(\d+)_(model|optim)_states\.pt$")
 def is_model_states_file(name: str) -> bool:
     """Whether ``name`` is a data-parallel model-states file (ZeRO-1/2's or a ZeRO-3 rank's)."""
     return bool(Z12_MODEL_FILE_PATTERN.match(name) or Z3_MODEL_FILE.match(name))
+
+
+#: The attributes holding the flat fp32 partitions that the ZeRO-1/2 optimizer (``DeepSpeedZeroOptimizer``)
+#: and the bf16 ZeRO-1 optimizer (``BF16_Optimizer``) hand to their basic optimizer, one per group.
+_FLAT_PARTITIONS = ("single_partition_of_fp32_groups", "fp32_groups_flat_partition")
+
+
+def partition_places(zero_optimizer: object) -> dict[torch.Tensor, list[tuple[int, int, int]]]:
+    """Where each flat fp32 partition a ZeRO optimizer steps sits in the whole (``WAME.place``): ``{
+    partition: [(length, group index, offset), ...]}``, offsets counted in the group's parameters laid end
+    to end, as ZeRO-1/2's flat buffer holds them (padded at the end only).
+
+    ZeRO-1/2 (and bf16 ZeRO-1) cut that buffer into equal partitions: rank ``r``'s is one piece at ``r *
+    partition size``. ZeRO-3 cuts each parameter: rank ``r`` holds elements ``[r * n, (r + 1) * n)`` of
+    every parameter (``n``: its partition size, the last rank's padded), and a sub-group's partition is
+    those pieces of its parameters laid end to end. Either way an element's place does not depend on the
+    number of ranks or the stage (except under ``round_robin_gradients``, which orders ZeRO-1/2's buffer
+    by rank). Empty for an engine without ZeRO."""
+    for attribute in _FLAT_PARTITIONS:
+        partitions = getattr(zero_optimizer, attribute, None)
+        if partitions is not None:
+            groups = zero_optimizer.real_dp_process_group  # type: ignore[attr-defined]
+            return {
+                partition: [(partition.numel(), i, dist.get_rank(group=groups[i]) * partition.numel())]
+                for i, partition in enumerate(partitions)
+            }
+    sub_groups = getattr(zero_optimizer, "fp16_groups", None)
+    flats = getattr(zero_optimizer, "fp32_partitioned_groups_flat", None)
+    if sub_groups is None or flats is None:
+        return {}
+    places, group_offsets = {}, {}
+    for i, (params, flat) in enumerate(zip(sub_groups, flats, strict=True)):
+        group = zero_optimizer.sub_group_to_group_id[i]  # type: ignore[attr-defined]
+        rank = dist.get_rank(group=zero_optimizer.sub_group_process_groups[i])  # type: ignore[attr-defined]
+        pieces = []
+        for param in params:
+            start = group_offsets.get(group, 0)
+            pieces.append((param.partition_numel(), group, start + rank * param.partition_numel()))
+            group_offsets[group] = start + param.ds_numel
+        places[flat] = pieces
+    return places

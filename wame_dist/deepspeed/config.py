@@ -74,21 +74,10 @@ def wame_arguments(params: dict[str, Any] | None) -> dict[str, Any]:
         raise ConfigError(
             f"unknown key(s) {unknown} in the WAME optimizer block; valid keys are {list(WAME_PARAMS)}"
         )
-    require_fp32_state(params.get("state_dtype", "fp32"))
     for pair in ("etas", "zeta_bounds", "betas"):
         if params.get(pair) is not None:
             params[pair] = tuple(params[pair])
     return params
-
-
-def require_fp32_state(state_dtype: str) -> None:
-    """Refuses compact WAME state (``state_dtype`` other than ``"fp32"``) inside DeepSpeed: its ZeRO
-    partitions, checkpoints and ``wame-dist reshard`` are built and tested for float32 state only."""
-    if state_dtype != "fp32":
-        raise ConfigError(
-            f"WAME(state_dtype={state_dtype!r}) is not yet supported inside DeepSpeed (ZeRO partitions, "
-            'checkpoints and resharding hold float32 state); use state_dtype="fp32" (the default)'
-        )
 
 
 def wame_builder(params: dict[str, Any] | None) -> functools.partial:

@@ -8,10 +8,11 @@ and one list:
 * ``_is_supported_optimizer`` (the engine's sanity check) also accepts the name WAME, in any case;
 * ``_configure_basic_optimizer`` builds WAME from a WAME block (checked by
   :func:`wame_dist.deepspeed.config.wame_builder`); every other name goes to DeepSpeed's own code;
-* ``_configure_optimizer`` refuses compact WAME state (:func:`wame_dist.deepspeed.config.require_fp32_state`)
-  and calls ``WAME.init_state()`` once ZeRO has cut WAME's parameter groups into its
-  fragments, so that the state of every fragment exists when ZeRO-1/2 link it (after the first step of
-  the first group), whichever way WAME was built (config block, client instance, client callable);
+* ``_configure_optimizer`` places ZeRO-1/2's flat partitions in their groups (``WAME.place``: the
+  stochastic rounding of compact state is then the same on any number of ranks) and calls
+  ``WAME.init_state()`` once ZeRO has cut WAME's parameter groups into its fragments, so that the state
+  of every fragment exists when ZeRO-1/2 link it (after the first step of the first group), whichever
+  way WAME was built (config block, client instance, client callable);
 * ``deepspeed.runtime.zero.utils.ZERO_SUPPORTED_OPTIMIZERS`` lists WAME (tested with ZeRO 1-3 and offload
   by this project), so ZeRO takes it without ``zero_allow_untested_optimizer``.
 
@@ -23,9 +24,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from wame_dist.deepspeed._deepspeed_compat import ZERO_SUPPORTED_OPTIMIZERS
+from wame_dist.deepspeed._deepspeed_compat import ZERO_SUPPORTED_OPTIMIZERS, partition_places
 from wame_dist.deepspeed._deepspeed_compat import DeepSpeedEngine as _Engine
-from wame_dist.deepspeed.config import is_wame_name, names_wame, require_fp32_state, wame_builder
+from wame_dist.deepspeed.config import is_wame_name, names_wame, wame_builder
 from wame_dist.errors import BadInput
 from wame_dist.optim import WAME
 
@@ -64,8 +65,7 @@ def register() -> None:
     def _configure_optimizer(self, client_optimizer, model_parameters):
         configure(self, client_optimizer, model_parameters)
         if isinstance(self.basic_optimizer, WAME):
-            for group in self.basic_optimizer.param_groups:
-                require_fp32_state(group["state_dtype"])
+            self.basic_optimizer.place(partition_places(self.optimizer))
             self.basic_optimizer.init_state()
 
     for patched in (_is_supported_optimizer, _configure_basic_optimizer, _configure_optimizer):

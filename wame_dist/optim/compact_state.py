@@ -16,10 +16,13 @@ change below half a bfloat16 spacing (:math:`2^{-9}` relative), i.e. whenever :m
 2% of :math:`\theta_{t-1}`, so :math:`\theta` sticks; unbiased rounding keeps the average's expectation.
 
 The random bits are keyed, not drawn, so a run is reproducible bit for bit and every implementation rounds
-alike. At step ``t``, element ``e`` (in row-major order) of the ``i``-th updated parameter takes two hashes
+alike. A parameter sits at element ``offset`` of row ``i`` (:meth:`WAME.place`: by default ``i`` is its
+index among the optimizer's parameters and ``offset`` 0; inside DeepSpeed ZeRO-1/2 a partition sits at its
+place in its group's flat buffer, the same on any number of ranks). At step ``t`` its element ``e`` (in
+row-major order) takes two hashes
 
 .. math::
-   h_k = \mathrm{lowbias32}((\mathrm{key}(t, i, k) + e) \bmod 2^{32}), \quad k \in \{0, 1\}
+   h_k = \mathrm{lowbias32}((\mathrm{key}(t, i, k) + \mathrm{offset} + e) \bmod 2^{32}), \quad k \in \{0, 1\}
 
 (:mod:`wame_dist.hashing`); ``zeta`` rounds with the low 16 bits of :math:`h_0`, ``z`` with its high 16,
 ``theta`` with the low 16 of :math:`h_1` (:data:`NOISE`). Rounding with 16 bits ``r`` adds ``r`` to the
@@ -67,15 +70,17 @@ def storage_dtype(state_dtype: str, param: Tensor) -> torch.dtype:
     return STATE_DTYPES[state_dtype] or param.dtype
 
 
-def stochastic_round_(out: Tensor, value: Tensor, key: int, shift: int = 0) -> Tensor:
+def stochastic_round_(out: Tensor, value: Tensor, key: int, shift: int = 0, offset: int = 0) -> Tensor:
     """Writes the float32 ``value`` into the bfloat16 ``out`` (same shape), rounded stochastically with
-    bits ``shift`` to ``shift + 15`` of ``lowbias32((key + e) mod 2**32)`` for the element at row-major
-    position ``e`` (``key``: :func:`wame_dist.hashing.key_of`); returns ``out``."""
+    bits ``shift`` to ``shift + 15`` of ``lowbias32((key + offset + e) mod 2**32)`` for the element at
+    row-major position ``e`` (``key``: :func:`wame_dist.hashing.key_of`); returns ``out``."""
     flat_value = value.reshape(-1).float()
     rounded = torch.empty(flat_value.shape, dtype=torch.int16, device=flat_value.device)
     for start in range(0, flat_value.numel(), _CHUNK):
         piece = flat_value[start : start + _CHUNK]
-        positions = torch.arange(start, start + piece.numel(), dtype=torch.int64, device=piece.device)
+        positions = torch.arange(
+            offset + start, offset + start + piece.numel(), dtype=torch.int64, device=piece.device
+        )
         noise = ((lowbias32((key + positions) & MASK32) >> shift) & 0xFFFF).to(torch.int32)
         bits = (piece.view(torch.int32) + noise) >> 16  # the high 16 bits, with the carry or not
         rounded[start : start + piece.numel()] = torch.where(piece.isnan(), _NAN, bits).to(torch.int16)
@@ -83,9 +88,9 @@ def stochastic_round_(out: Tensor, value: Tensor, key: int, shift: int = 0) -> T
     return out
 
 
-def round_state_(stored: list[Tensor], computed: list[Tensor], step: int, index: int) -> None:
-    """Writes the float32 ``computed`` zeta, z, theta of the ``index``-th updated parameter back into their
-    compact ``stored`` tensors after step ``step``."""
+def round_state_(stored: list[Tensor], computed: list[Tensor], step: int, row: int, offset: int) -> None:
+    """Writes the float32 ``computed`` zeta, z, theta of a parameter placed at (``row``, ``offset``) back
+    into their compact ``stored`` tensors after step ``step``."""
     for name, out, value in zip(COMPACT_KEYS, stored, computed, strict=True):
         k, shift = NOISE[name]
-        stochastic_round_(out, value, key_of(step, index, k), shift)
+        stochastic_round_(out, value, key_of(step, row, k), shift, offset)

@@ -123,14 +123,14 @@ def fused_wame(
     multi_tensor_fallback: Callable[..., None],
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
-    state_keys: list[tuple[int, int] | None] | None = None,
+    state_keys: list[tuple[int, int, int] | None] | None = None,
     **hyper: float | bool,
 ) -> None:
     """Updates the tensors in place with the fused kernel of their device; rows a kernel cannot take go to
     ``multi_tensor_fallback`` with the same keyword hyperparameters. ``grad_scale`` and ``found_inf``
     (torch.amp's, see :func:`wame_dist.optim.wame.wame`) are sent to each device, as torch's fused Adam
     sends them. Rows with compact state (only rows :func:`takes_compact` accepts) come with what keys their
-    stochastic rounding in ``state_keys``: (step, row index), see :mod:`wame_dist.optim.compact_state`."""
+    stochastic rounding in ``state_keys``: (step, row, offset), see :mod:`wame_dist.optim.compact_state`."""
     keys = state_keys or [None] * len(params)
     grouped = _torch_compat.group_by_device_and_dtype(params, grads, prev_signs, zetas, zs, thetas, keys)
     for (device, _), (*tensor_lists, row_keys) in grouped.items():
@@ -144,12 +144,9 @@ def fused_wame(
             (dense if takes else other).append((*row, key))
         if dense:
             keyed = any(key is not None for *_, key in dense)  # only the CPU kernel takes keys
-            steps_rows = [key or (0, 0) for *_, key in dense]
-            compact = (
-                {"state_steps": [t for t, _ in steps_rows], "state_rows": [r for _, r in steps_rows]}
-                if keyed
-                else {}
-            )
+            placed = [key or (0, 0, 0) for *_, key in dense]
+            compact = dict(zip(("state_steps", "state_rows", "state_offsets"), map(list, zip(*placed))))
+            compact = compact if keyed else {}
             _kernel_for(device)(*map(list, zip(*(row[:-1] for row in dense))), **hyper, **amp, **compact)
         if other:
             multi_tensor_fallback(*map(list, zip(*(row[:-1] for row in other))), **hyper, **amp)

@@ -25,6 +25,9 @@ from wame_dist.optim import fused as _fused
 
 __all__ = ["WAME", "wame"]
 
+#: A piece of a placed parameter (:meth:`WAME.place`): its length, and the row and offset it sits at.
+Piece = tuple[int, int, int]
+
 DENOMINATORS = ("sqrt", "literal")
 VARIANTS = ("algorithm1", "keras")
 SIGN_SOURCES = ("gradient", "weight")
@@ -225,6 +228,24 @@ class WAME(Optimizer):
         }
         validate_hyperparameters(with_variant_defaults(defaults))
         super().__init__(params, defaults)
+        self.state_positions: dict[Tensor, list[Piece]] = {}
+
+    def place(self, positions: dict[Tensor, tuple[int, int] | list[Piece]]) -> None:
+        """Says where parameters sit in a whole that is the same however it is cut. ``{param: (row,
+        offset)}``: element ``e`` of ``param`` is element ``offset + e`` of row ``row``; or ``{param:
+        [(length, row, offset), ...]}``: ``param`` (contiguous) is pieces laid end to end, each placed so.
+        Only the stochastic rounding of compact state reads it (its bits are keyed by step, row and
+        position, see :mod:`wame_dist.optim.compact_state`), so that a parameter cut into ZeRO partitions
+        rounds as the whole would on any number of ranks. A parameter not placed is row ``i`` (its index
+        among all of this optimizer's parameters), offset 0."""
+        for param, where in positions.items():
+            pieces = [(param.numel(), *where)] if isinstance(where, tuple) else [tuple(p) for p in where]
+            if sum(length for length, _, _ in pieces) != param.numel():
+                raise ValueError(f"WAME.place: pieces of {sum(p[0] for p in pieces)} elements for a "
+                                 f"parameter of {param.numel()}")  # fmt: skip
+            if len(pieces) > 1 and not param.is_contiguous():
+                raise ValueError("WAME.place: only a contiguous parameter can be placed in pieces")
+            self.state_positions[param] = pieces
 
     @property
     def _step_supports_amp_scaling(self) -> bool:
@@ -281,9 +302,15 @@ class WAME(Optimizer):
                         state[key] = state[key].to(dtype)
 
     def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], ...]:
-        """Collects the group's parameters that have gradients, with their gradients and state."""
-        params, grads, prev_signs, zetas, zs, thetas, steps = [], [], [], [], [], [], []
-        for p in group["params"]:
+        """Collects the group's parameters that have gradients, with their gradients, state and positions
+        (:meth:`place`)."""
+        params, grads, prev_signs, zetas, zs, thetas, steps, positions = [], [], [], [], [], [], [], []
+        first = 0  # the index of the group's first parameter among all of the optimizer's
+        for other in self.param_groups:
+            if other is group:
+                break
+            first += len(other["params"])
+        for index, p in enumerate(group["params"], start=first):
             if p.grad is None:
                 continue
             if p.grad.is_sparse:
@@ -302,7 +329,8 @@ class WAME(Optimizer):
             zs.append(state["z"])
             thetas.append(state["theta"])
             steps.append(state["step"])
-        return params, grads, prev_signs, zetas, zs, thetas, steps
+            positions.append(self.state_positions.get(p, [(p.numel(), index, 0)]))
+        return params, grads, prev_signs, zetas, zs, thetas, steps, positions
 
     def _state_of(self, p: Tensor, param: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         """The state of ``p`` (``param``: its real view), each missing key created at its initial value, and
@@ -345,7 +373,7 @@ class WAME(Optimizer):
             fresh = all(p not in self.state for p in group["params"])
             if fresh:
                 _check_not_replaced_by_fully_shard(group["params"])
-            tensors = self._init_group(group)
+            *tensors, positions = self._init_group(group)
             if not tensors[0] or (fresh and _is_initialisation_step(group["lr"], tensors[1])):
                 continue
             eta_minus, eta_plus = group["etas"]
@@ -371,6 +399,7 @@ class WAME(Optimizer):
                 maximize=group["maximize"],
                 grad_scale=grad_scale,
                 found_inf=found_inf,
+                state_positions=positions,
             )
         return loss
 
@@ -495,6 +524,7 @@ def wame(
     decay: float = 0.0,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    state_positions: list[list[Piece]] | None = None,
 ) -> None:
     """Functional WAME: updates ``params`` and the state lists in place. The one dispatch point.
 
@@ -509,10 +539,13 @@ def wame(
     ``lr`` and the step's rate ``step_size``: for the Keras variant both depend on the step count, so
     parameters are updated in one call per distinct count (all of them, unless some missed steps).
 
-    Rows whose zeta, z and theta are of another dtype than the parameter (``state_dtype="bf16"``, key: the
-    row's position in these lists) go to the fused CPU kernel as they are where it takes them
-    (:func:`wame_dist.optim.fused.takes_compact`), which rounds in registers; the others are updated on
-    copies in the parameter's dtype, written back by :func:`wame_dist.optim.compact_state.round_state_`.
+    Rows whose zeta, z and theta are of another dtype than the parameter (``state_dtype="bf16"``; their
+    rounding is keyed by ``state_positions``, each row's pieces (length, row, offset), see
+    :meth:`WAME.place`; default: one piece, the row's index in these lists, offset 0; a row in several
+    pieces is updated as one row per piece, on views) go to the fused CPU kernel as they are where it
+    takes them (:func:`wame_dist.optim.fused.takes_compact`), which rounds in registers; the others are
+    updated on copies in the parameter's dtype, written back by
+    :func:`wame_dist.optim.compact_state.round_state_`.
     """
     params, grads, prev_signs, zetas, zs, thetas = (
         _torch_compat.local_tensors(tensors) for tensors in (params, grads, prev_signs, zetas, zs, thetas)
@@ -523,10 +556,13 @@ def wame(
     else:
         torch._foreach_add_(steps, [(1 - found_inf).to(step) for step in steps])
     lr = float(_torch_compat.to_scalar(lr))
-    rows = list(zip(params, grads, prev_signs, zetas, zs, thetas))
+    pieces = state_positions or [[(p.numel(), i, 0)] for i, p in enumerate(params)]
+    rows, steps, places = _cut_into_pieces(
+        list(zip(params, grads, prev_signs, zetas, zs, thetas)), steps, pieces
+    )
     compact = {i: row[3:] for i, row in enumerate(rows) if row[3].dtype != row[0].dtype}
     in_kernel = {
-        i: (int(steps[i]), i)
+        i: (int(steps[i]), *places[i])
         for i in compact
         if implementation is _fused_wame and _fused.takes_compact(rows[i])
     }
@@ -564,7 +600,28 @@ def wame(
             **keys,
         )
     for i in compact.keys() - in_kernel.keys():
-        compact_state.round_state_(list(compact[i]), list(rows[i][3:]), int(steps[i]), i)
+        compact_state.round_state_(list(compact[i]), list(rows[i][3:]), int(steps[i]), *places[i])
+
+
+def _cut_into_pieces(
+    rows: list[tuple[Tensor, ...]], steps: list[Tensor], pieces: list[list[Piece]]
+) -> tuple[list[tuple[Tensor, ...]], list[Tensor], list[tuple[int, int]]]:
+    """The rows with each compact one placed in several pieces replaced by one row per piece (flat views of
+    its tensors, sharing its step counter), and every row's (row, offset) place."""
+    out_rows, out_steps, places = [], [], []
+    for row, step, placed in zip(rows, steps, pieces, strict=True):
+        if len(placed) == 1 or row[3].dtype == row[0].dtype:
+            out_rows.append(row)
+            out_steps.append(step)
+            places.append(placed[0][1:])
+            continue
+        start = 0
+        for length, *place in placed:
+            out_rows.append(tuple(t.view(-1).narrow(0, start, length) for t in row))
+            out_steps.append(step)
+            places.append(tuple(place))
+            start += length
+    return out_rows, out_steps, places
 
 
 def _keras_rates(lr: float, betas: tuple[float, float], decay: float, t: float) -> tuple[float, float]:

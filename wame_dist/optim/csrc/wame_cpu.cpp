@@ -14,10 +14,11 @@
 //
 // Compact state (WAME(state_dtype="bf16"), float32 parameters only): zeta, z and theta are read from bfloat16
 // (exact) and written back rounded stochastically in registers, bit for bit as
-// wame_dist/optim/compact_state.py::stochastic_round_ does with torch ops: element i of the parameter in row
-// r at step t adds 16 bits of lowbias32((key(t, r, k) + i) mod 2**32) to the float32's bits and keeps the
-// high 16 (an infinity's low bits are 0: it stays); NaN is stored as 0x7FC0. Which k and which half each
-// state takes: compact_state.NOISE. state_steps and state_rows give each compact row's t and r.
+// wame_dist/optim/compact_state.py::stochastic_round_ does with torch ops: element i of a tensor placed at
+// offset o of row r, at step t, adds 16 bits of lowbias32((key(t, r, k) + o + i) mod 2**32) to the
+// float32's bits and keeps the high 16 (an infinity's low bits are 0: it stays); NaN is stored as 0x7FC0.
+// Which k and which half each state takes: compact_state.NOISE. state_steps, state_rows and state_offsets
+// give each compact tensor's t, r and o.
 //
 // Built at first use by wame_dist/optim/cpu_kernel.py with -O3 -march=native -mprefer-vector-width=512
 // (AVX-512 where the CPU has it: the compact path's hashing is compute-bound), -fno-math-errno (so sqrt
@@ -71,16 +72,18 @@ inline uint16_t float_to_bf16_stochastic(float x, uint32_t noise) {
 template <typename T, bool kCompact>
 using StateT = std::conditional_t<kCompact, uint16_t, T>;
 
-// The two keys of a row's rounding at one step: element i draws lowbias32(pair + i), whose low and high
-// halves round zeta and z, and lowbias32(theta + i), whose low half rounds theta (compact_state.NOISE).
+// The two keys of a tensor's rounding at one step, its offset added: element i draws lowbias32(pair + i),
+// whose low and high halves round zeta and z, and lowbias32(theta + i), whose low half rounds theta
+// (compact_state.NOISE).
 struct Keys {
   uint32_t pair, theta;
 };
 
-// hashing.key_of(step, index, k) for k = 0, 1.
-inline Keys keys_of(int64_t step, int64_t index) {
-  const uint32_t row = chain(chain(0, static_cast<uint64_t>(step)), static_cast<uint64_t>(index));
-  return Keys{chain(row, 0), chain(row, 1)};
+// hashing.key_of(step, row, k) + offset, for k = 0, 1 (mod 2**32).
+inline Keys keys_of(int64_t step, int64_t row, int64_t offset) {
+  const uint32_t base = chain(chain(0, static_cast<uint64_t>(step)), static_cast<uint64_t>(row));
+  const uint32_t shift = static_cast<uint32_t>(offset);
+  return Keys{chain(base, 0) + shift, chain(base, 1) + shift};
 }
 
 struct Hyper {
@@ -220,14 +223,16 @@ void wame_step_(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, s
                 double zeta_min, double zeta_max, double eps, double weight_decay, bool decoupled_weight_decay,
                 bool literal, bool maximize, bool keras, bool weight_sign,
                 const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
-                const std::vector<int64_t>& state_steps, const std::vector<int64_t>& state_rows) {
+                const std::vector<int64_t>& state_steps, const std::vector<int64_t>& state_rows,
+                const std::vector<int64_t>& state_offsets) {
   if (found_inf.has_value() && found_inf->item<double>() != 0.0) return;  // torch.amp skips this step
   const double inv_grad_scale =
       grad_scale.has_value() ? static_cast<double>(static_cast<float>(1.0 / grad_scale->item<double>())) : 1.0;
   const Hyper h{lr,       step_size,    alpha,          theta_decay, eta_minus, eta_plus, zeta_min,
                 zeta_max, eps,          weight_decay, inv_grad_scale, weight_sign};
-  TORCH_CHECK(state_steps.size() == state_rows.size() && (state_steps.empty() || state_steps.size() == params.size()),
-              "wame_cpu: state_steps and state_rows hold one step count and one row index per parameter");
+  TORCH_CHECK(state_steps.size() == state_rows.size() && state_rows.size() == state_offsets.size() &&
+                  (state_steps.empty() || state_steps.size() == params.size()),
+              "wame_cpu: state_steps, state_rows and state_offsets hold one value per parameter");
   for (size_t i = 0; i < params.size(); ++i) {
     auto& p = params[i];
     check_row(p, {grads[i], prev_signs[i], zetas[i], zs[i], thetas[i]});
@@ -241,8 +246,8 @@ void wame_step_(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, s
       TORCH_CHECK(p.scalar_type() == at::kFloat && state_type == at::kBFloat16 && p.is_contiguous() &&
                       !state_steps.empty(),
                   "wame_cpu: compact state is bfloat16 state of a contiguous float32 parameter, with its keys' "
-                  "state_steps and state_rows");
-      const Keys keys = keys_of(state_steps[i], state_rows[i]);
+                  "state_steps, state_rows and state_offsets");
+      const Keys keys = keys_of(state_steps[i], state_rows[i], state_offsets[i]);
       auto bits = [](at::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); };
       wame_tensor<float, true>(p.data_ptr<float>(), grads[i].data_ptr<float>(), prev_signs[i].data_ptr<int8_t>(),
                                bits(zetas[i]), bits(zs[i]), bits(thetas[i]), p.numel(), h, keys,
@@ -268,5 +273,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("decoupled_weight_decay"), py::arg("literal"), py::arg("maximize"), py::arg("keras"),
         py::arg("weight_sign"), py::arg("grad_scale") = py::none(),
         py::arg("found_inf") = py::none(), py::arg("state_steps") = std::vector<int64_t>{},
-        py::arg("state_rows") = std::vector<int64_t>{});
+        py::arg("state_rows") = std::vector<int64_t>{}, py::arg("state_offsets") = std::vector<int64_t>{});
 }
