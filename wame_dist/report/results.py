@@ -18,6 +18,7 @@ OPTIMIZERS = {
     "wame": "WAME",
     "wame_keras": "WAME (Keras code)",
     "wame_keras_grad": "WAME (Keras, gradient sign)",
+    "wame_bf16": "WAME (bf16 state)",
 }
 
 

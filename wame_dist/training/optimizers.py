@@ -5,7 +5,8 @@ FSDP2).
 SGD with momentum and RMSprop are torch's (DeepSpeed builds any ``torch.optim`` class named by "type"),
 Adam is DeepSpeed's own (its fused CPU/GPU kernels, DeepSpeedCPUAdam under offload) in plain Adam mode
 (DeepSpeed's default is AdamW), the WAME rules are wame_dist's: Algorithm 1 of the paper, and the authors'
-published Keras code with the previous weight's sign (as published) or the previous gradient's.
+published Keras code with the previous weight's sign (as published) or the previous gradient's, and
+Algorithm 1 with its state in bfloat16 (issue 14's accuracy study).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ RULES = {
     "wame_keras_grad": Rule(
         "WAME (Keras, gradient sign)", "WAME", 1e-3, {"variant": "keras", "sign_source": "gradient"}
     ),
+    "wame_bf16": Rule("WAME (bf16 state)", "WAME", 1e-3, {"state_dtype": "bf16"}),
 }
 OPTIMIZERS = tuple(RULES)
 DEFAULT_LR = {name: rule.default_lr for name, rule in RULES.items()}
