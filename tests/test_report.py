@@ -137,6 +137,8 @@ def test_report_writes_every_file(tmp_path: Path) -> None:
         "figure1_mnist_table1a.png",
         "friedman.json",
         "friedman.md",
+        "paired.json",
+        "paired.md",
         "table2.csv",
         "table2.md",
     ]
@@ -173,7 +175,7 @@ def test_cli_writes_the_report_and_lists_it(tmp_path: Path, capsys: pytest.Captu
     results = write_results(tmp_path / "results.jsonl")
     assert main([str(results), "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out.split()
-    assert str(tmp_path / "out" / "table2.md") in printed and len(printed) == 6
+    assert str(tmp_path / "out" / "table2.md") in printed and len(printed) == 8
 
 
 def test_a_study_folder_reports_as_its_results_file(tmp_path: Path) -> None:
@@ -362,3 +364,25 @@ def test_runs_from_two_environments_are_refused_unless_asked_for(
 def test_records_without_an_environment_are_reported_as_not_recorded(tmp_path: Path) -> None:
     write_report(write_results(tmp_path / "r.jsonl"), tmp_path / "out")
     assert "not recorded" in (tmp_path / "out" / "table2.md").read_text()
+
+
+def test_paired_differences_by_hand(tmp_path: Path) -> None:
+    """WAME minus SGD on the synthetic digits runs: accuracy differences 0.05, 0.05, 0.05 (sd 0: the
+    interval is the point), best-epoch differences -4, -3, 1: mean -2, sd sqrt(7), half-width
+    t(0.975, 2) * sqrt(7) / sqrt(3) = 4.3026527 * 1.5275252 = 6.5724106; Wilcoxon on [-4, -3, 1] (ranks
+    3, 2, 1; W+ = 1): exact two-sided p = 2 * 2/8 = 0.5."""
+    write_report(write_results(tmp_path / "results.jsonl"), tmp_path / "report")
+    pairs = json.loads((tmp_path / "report" / "paired.json").read_text())
+    digits = next(entry for entry in pairs if entry["dataset"] == "digits")
+    assert digits["baseline"] == "sgd" and set(digits["pairs"]) == {"rmsprop", "adam", "wame"}
+    accuracy = digits["pairs"]["wame"]["test_acc_at_best"]
+    assert accuracy["mean"] == pytest.approx(0.05) and accuracy["sd"] == pytest.approx(0, abs=1e-12)
+    assert accuracy["low"] == pytest.approx(0.05) and accuracy["high"] == pytest.approx(0.05)
+    epoch = digits["pairs"]["wame"]["best_epoch"]
+    assert epoch["mean"] == pytest.approx(-2) and epoch["sd"] == pytest.approx(math.sqrt(7))
+    assert epoch["low"] == pytest.approx(-2 - 6.5724106, abs=1e-6)
+    assert epoch["high"] == pytest.approx(-2 + 6.5724106, abs=1e-6)
+    assert epoch["wilcoxon_p"] == pytest.approx(0.5)
+    assert all(entry["dataset"] != "mnist" for entry in pairs)  # one optimizer: no pairs
+    markdown = (tmp_path / "report" / "paired.md").read_text()
+    assert "| WAME | test accuracy at best epoch | +5.000 | [+5.000, +5.000] |" in markdown

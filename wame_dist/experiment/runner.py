@@ -61,7 +61,8 @@ def run_all(
 
 
 def tune(study: StudyConfig, out: Path, parallel: int, progress: Progress) -> dict[str, float]:
-    """Chooses each optimizer's rate on the validation set; returns (and writes) the chosen rates."""
+    """Chooses each optimizer's rate on the validation set (or another's, ``tune.same_as``); returns (and
+    writes) the chosen rates."""
     grid = plan.tuning_grid(study)
     run_all(study, plan.tuning_runs(study), out, parallel, progress)
     finished = StudyRecords(out).finished()
@@ -79,7 +80,9 @@ def tune(study: StudyConfig, out: Path, parallel: int, progress: Progress) -> di
     on_edge = [
         name for name, rates in grid.items() if len(rates) > 1 and chosen[name] in (min(rates), max(rates))
     ]
+    chosen.update({name: chosen[source] for name, source in study.tune.same_as.items()})
     tuned = {"chosen": chosen, "mean_best_val_acc": scores, "on_grid_edge": on_edge}
+    tuned |= {"same_as": study.tune.same_as} if study.tune.same_as else {}
     atomic.write_text(out / "tuned_lr.json", json.dumps(tuned, indent=1))
     progress.log("tuned learning rates: " + ", ".join(f"{k} {v:g}" for k, v in chosen.items()))
     if on_edge:

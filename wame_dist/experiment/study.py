@@ -5,10 +5,13 @@ Written as JSON (``configs/studies/*.json``); every key is a field of :class:`St
     {"dataset": "cifar10", "model": "table1b", "width": 1.0, "seeds": 20, "epochs": 100, "batch_size": 128,
      "optimizers": ["sgd", "rmsprop", "adam", "wame"], "lr": {"wame": 0.001, ...},
      "lr_decay": {"sgd": 1e-5, ...}, "optimizer_params": {"sgd": {"nesterov": true}},
-     "tune": {"grid": {"wame": [0.0003, 0.001, 0.003], ...}, "seeds": 2, "epochs": 20}}
+     "tune": {"grid": {"wame": [0.0003, 0.001, 0.003], ...}, "seeds": 2, "epochs": 20,
+              "same_as": {"wame_bf16": "wame"}}}
 
 ``optimizers`` name rules of :data:`wame_dist.training.optimizers.RULES`; ``lr_decay`` (Keras's rate decay)
-and ``optimizer_params`` (more arguments of a rule's optimizer) apply to the rules they name.
+and ``optimizer_params`` (more arguments of a rule's optimizer) apply to the rules they name. ``tune.same_as``
+gives a rule the rate tuned for another (variants of one rule compared at the same rate, e.g. WAME's state
+types, so that their differences are the variant's alone).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class TuneConfig:
     grid: dict[str, list[float]] = field(default_factory=dict)  # optimizer -> rates; empty: no tuning
     seeds: int = 1
     epochs: int = 10
+    same_as: dict[str, str] = field(default_factory=dict)  # optimizer -> the one whose tuned rate it takes
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,8 @@ def make_study(raw: dict[str, Any], source: str = "study") -> StudyConfig:
     tune = raw.get("tune", {})
     tune_unknown = sorted(set(tune) - {f.name for f in fields(TuneConfig)})
     if tune_unknown:
-        raise BadInput(f"{source}: unknown key(s) {tune_unknown} in 'tune'; valid: grid, seeds, epochs")
+        valid = ", ".join(f.name for f in fields(TuneConfig))
+        raise BadInput(f"{source}: unknown key(s) {tune_unknown} in 'tune'; valid: {valid}")
     study = replace(
         StudyConfig(),
         **{k: v for k, v in raw.items() if k != "tune"},
@@ -97,10 +102,24 @@ def make_study(raw: dict[str, Any], source: str = "study") -> StudyConfig:
 def check(study: StudyConfig, source: str) -> None:
     if study.dataset not in DATASETS:
         raise BadInput(f"{source}: unknown dataset {study.dataset!r}; expected one of {DATASETS}")
-    named = (study.optimizers, study.tune.grid, study.lr_decay, study.optimizer_params)
+    same_as = study.tune.same_as
+    named = (
+        study.optimizers,
+        study.tune.grid,
+        study.lr_decay,
+        study.optimizer_params,
+        same_as,
+        same_as.values(),
+    )
     bad = sorted({name for names in named for name in names} - set(OPTIMIZERS))
     if bad:
         raise BadInput(f"{source}: unknown optimizer(s) {bad}; expected some of {list(OPTIMIZERS)}")
+    for name, source_rule in same_as.items():
+        if source_rule not in study.tune.grid or name in study.tune.grid:
+            raise BadInput(
+                f"{source}: tune.same_as gives {name} the rate tuned for {source_rule}: {source_rule} needs "
+                f"a grid and {name} none"
+            )
     for name, decay in study.lr_decay.items():
         if not isinstance(decay, (int, float)) or not decay >= 0:
             raise BadInput(f"{source}: lr_decay of {name} must be a number >= 0, not {decay!r}")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from wame_dist.report.environment import environment_markdown
 from wame_dist.report.figure1 import plot_training_loss
+from wame_dist.report.paired import paired_differences, paired_markdown
 from wame_dist.report.paper import PAPER_DATASETS
 from wame_dist.report.results import check_one_environment, chosen_runs, read_runs
 from wame_dist.report.significance import significance, significance_markdown
@@ -20,11 +21,12 @@ def write_report(
     """Reads the runs at ``results_path`` (a study folder or a results file,
     :func:`wame_dist.report.results.read_runs`) and writes the report into ``out_dir`` (created if needed).
 
-    Files: ``table2.md``, ``table2.csv``, ``figure1_<dataset>_<model>.png`` per data set, and
-    ``friedman.md`` / ``friedman.json``. Returns their paths. Which runs count is decided by
-    :func:`wame_dist.report.results.chosen_runs` (the runs marked final, else all). Runs from more than
-    one environment are refused (``ValueError``) unless ``mixed_environments``; either way ``table2.md``
-    ends with the Environment section listing what produced them.
+    Files: ``table2.md``, ``table2.csv``, ``figure1_<dataset>_<model>.png`` per data set,
+    ``friedman.md`` / ``friedman.json`` and ``paired.md`` / ``paired.json``. Returns their paths. Which
+    runs count is decided by :func:`wame_dist.report.results.chosen_runs` (the runs marked final, else
+    all). Runs from more than one environment are refused (``ValueError``) unless
+    ``mixed_environments``; either way ``table2.md`` ends with the Environment section listing what
+    produced them.
     """
     groups = chosen_runs(read_runs(results_path))
     if not mixed_environments:
@@ -46,4 +48,8 @@ def write_report(
     tests_md, tests_json = out / "friedman.md", out / "friedman.json"
     tests_md.write_text(significance_markdown(tests), encoding="utf-8")
     tests_json.write_text(json.dumps(tests, indent=2) + "\n", encoding="utf-8")
-    return [*written, tests_md, tests_json]
+    pairs = paired_differences(groups)
+    pairs_md, pairs_json = out / "paired.md", out / "paired.json"
+    pairs_md.write_text(paired_markdown(pairs), encoding="utf-8")
+    pairs_json.write_text(json.dumps(pairs, indent=2) + "\n", encoding="utf-8")
+    return [*written, tests_md, tests_json, pairs_md, pairs_json]
