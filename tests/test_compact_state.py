@@ -227,8 +227,10 @@ def test_a_state_dict_of_the_other_state_dtype_is_refused(saved, built):
 
 
 def test_an_unknown_state_dtype_names_the_choices():
-    with pytest.raises(ValueError, match=r"invalid state_dtype='8bit'; expected one of \('fp32', 'bf16'\)"):
-        WAME(make_params(torch.float32), state_dtype="8bit")
+    with pytest.raises(
+        ValueError, match=r"invalid state_dtype='4bit'; expected one of \('fp32', 'bf16', '8bit'\)"
+    ):
+        WAME(make_params(torch.float32), state_dtype="4bit")
 
 
 def test_a_deepspeed_config_block_takes_the_state_dtype():

@@ -208,10 +208,12 @@ def test_a_rule_can_take_the_rate_tuned_for_another(tmp_path):
     """``tune.same_as``: the state types of WAME are compared at the rate tuned for fp32 WAME; a rule given
     another's rate may not have a grid of its own, and its source must have one."""
     study = load_study(ROOT / "configs" / "studies" / "digits_state.json")
-    assert study.tune.same_as == {"wame_bf16": "wame"} and set(study.tune.grid) == {"wame"}
+    assert study.tune.same_as == {"wame_bf16": "wame", "wame_8bit": "wame"} and set(study.tune.grid) == {
+        "wame"
+    }
     raw = json.loads((ROOT / "configs" / "studies" / "digits_state.json").read_text())
     raw["tune"]["grid"]["wame_bf16"] = [0.01]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(raw))
-    with pytest.raises(BadInput, match="tune.same_as gives wame_bf16 the rate tuned for wame"):
+    with pytest.raises(BadInput, match=r"tune\.same_as gives wame_bf16 the rate tuned for wame"):
         load_study(bad)

@@ -80,6 +80,17 @@ def wame_arguments(params: dict[str, Any] | None) -> dict[str, Any]:
     return params
 
 
+def require_shardable_state(state_dtype: str) -> None:
+    """Refuses ``state_dtype="8bit"`` under ZeRO: its per-block scales and packed signs do not have their
+    weight's shape, which ZeRO's partitions and checkpoint tools assume ("fp32" and "bf16" do)."""
+    if state_dtype == "8bit":
+        raise ConfigError(
+            "WAME(state_dtype='8bit') is not supported under ZeRO yet (its partitions and checkpoints cut "
+            "every state like its weight; 8-bit theta has one scale per block and prev_sign four per "
+            'byte); use state_dtype="bf16" (7 bytes per weight), or ZeRO stage 0'
+        )
+
+
 def wame_builder(params: dict[str, Any] | None) -> functools.partial:
     """``WAME`` with a WAME block's ``params`` bound, to be called with the parameters; unknown keys and bad
     values raise :class:`ConfigError` now."""

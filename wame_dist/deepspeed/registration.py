@@ -8,8 +8,10 @@ and one list:
 * ``_is_supported_optimizer`` (the engine's sanity check) also accepts the name WAME, in any case;
 * ``_configure_basic_optimizer`` builds WAME from a WAME block (checked by
   :func:`wame_dist.deepspeed.config.wame_builder`); every other name goes to DeepSpeed's own code;
-* ``_configure_optimizer`` places ZeRO-1/2's flat partitions in their groups (``WAME.place``: the
-  stochastic rounding of compact state is then the same on any number of ranks) and calls
+* ``_configure_optimizer`` refuses 8-bit WAME state under ZeRO
+  (:func:`wame_dist.deepspeed.config.require_shardable_state`), places ZeRO's flat partitions in their
+  groups (``WAME.place``: the stochastic rounding of compact state is then the same on any number of
+  ranks) and calls
   ``WAME.init_state()`` once ZeRO has cut WAME's parameter groups into its fragments, so that the state
   of every fragment exists when ZeRO-1/2 link it (after the first step of the first group), whichever
   way WAME was built (config block, client instance, client callable);
@@ -26,7 +28,7 @@ from typing import Any
 
 from wame_dist.deepspeed._deepspeed_compat import ZERO_SUPPORTED_OPTIMIZERS, partition_places
 from wame_dist.deepspeed._deepspeed_compat import DeepSpeedEngine as _Engine
-from wame_dist.deepspeed.config import is_wame_name, names_wame, wame_builder
+from wame_dist.deepspeed.config import is_wame_name, names_wame, require_shardable_state, wame_builder
 from wame_dist.errors import BadInput
 from wame_dist.optim import WAME
 
@@ -65,6 +67,9 @@ def register() -> None:
     def _configure_optimizer(self, client_optimizer, model_parameters):
         configure(self, client_optimizer, model_parameters)
         if isinstance(self.basic_optimizer, WAME):
+            if self.zero_optimization_stage() > 0:
+                for group in self.basic_optimizer.param_groups:
+                    require_shardable_state(group["state_dtype"])
             self.basic_optimizer.place(partition_places(self.optimizer))
             self.basic_optimizer.init_state()
 

@@ -20,13 +20,18 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
-from wame_dist.optim import _torch_compat, compact_state
+from wame_dist.optim import _torch_compat, compact_state, eight_bit_state
 from wame_dist.optim import fused as _fused
 
 __all__ = ["WAME", "wame"]
 
 #: A piece of a placed parameter (:meth:`WAME.place`): its length, and the row and offset it sits at.
 Piece = tuple[int, int, int]
+
+#: The 8-bit state (:mod:`wame_dist.optim.eight_bit_state`); the others are dtypes of zeta, z and theta.
+EIGHT_BIT = "8bit"
+#: Every ``state_dtype``.
+STATE_TYPES = (*compact_state.STATE_DTYPES, EIGHT_BIT)
 
 DENOMINATORS = ("sqrt", "literal")
 VARIANTS = ("algorithm1", "keras")
@@ -293,6 +298,11 @@ class WAME(Optimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 state = self.state.get(p, {})
+                if group["state_dtype"] == EIGHT_BIT:  # codes, signs and scales back to their dtypes
+                    for key, dtype in eight_bit_state.DTYPES.items():
+                        if key in state:
+                            state[key] = state[key].to(dtype)
+                    continue
                 if "prev_sign" in state and state["prev_sign"].dtype != torch.int8:
                     state["prev_sign"] = state["prev_sign"].to(torch.int8)
                 param = torch.view_as_real(p) if p.is_complex() else p
@@ -324,10 +334,14 @@ class WAME(Optimizer):
             state = self._state_of(p, param, group)
             params.append(param)
             grads.append(grad)
-            prev_signs.append(state["prev_sign"])
-            zetas.append(state["zeta"])
-            zs.append(state["z"])
-            thetas.append(state["theta"])
+            if group["state_dtype"] == EIGHT_BIT:  # the rule runs on decoded copies
+                prev_sign, zeta, z, theta = eight_bit_state.decode(state, param, group)
+            else:
+                prev_sign, zeta, z, theta = state["prev_sign"], state["zeta"], state["z"], state["theta"]
+            prev_signs.append(prev_sign)
+            zetas.append(zeta)
+            zs.append(z)
+            thetas.append(theta)
             steps.append(state["step"])
             positions.append(self.state_positions.get(p, [(p.numel(), index, 0)]))
         return params, grads, prev_signs, zetas, zs, thetas, steps, positions
@@ -336,6 +350,17 @@ class WAME(Optimizer):
         """The state of ``p`` (``param``: its real view), each missing key created at its initial value, and
         a ``prev_sign`` widened by a foreign checkpoint loader narrowed back to int8 (exactly)."""
         state = self.state[p]
+        if group["state_dtype"] == EIGHT_BIT:
+            if param.dtype != torch.float32:
+                raise ValueError(f"WAME(state_dtype='8bit') updates float32 parameters, not {param.dtype}")
+            if _torch_compat.local_tensors([param])[0] is not param:
+                raise ValueError(
+                    "WAME(state_dtype='8bit') is not supported for sharded (DTensor, FSDP2) parameters yet; "
+                    "use state_dtype='bf16'"
+                )
+            if "zeta" not in state:
+                state.update(step=_step_counter(0.0), **eight_bit_state.create(param))
+            return state
         for key, factory in _STATE_FACTORIES.items():
             if key not in state:
                 state[key] = factory(
@@ -401,7 +426,19 @@ class WAME(Optimizer):
                 found_inf=found_inf,
                 state_positions=positions,
             )
+            if group["state_dtype"] == EIGHT_BIT:
+                self._encode_8bit(group, tensors, positions)
         return loss
+
+    def _encode_8bit(self, group: dict[str, Any], tensors: list[list[Tensor]], positions) -> None:
+        """Writes the decoded state the rule updated back into the 8-bit codes of the group's parameters
+        (those with gradients, in :meth:`_init_group`'s order)."""
+        with_grads = [p for p in group["params"] if p.grad is not None]
+        _, _, prev_signs, zetas, zs, thetas, steps = tensors
+        for i, p in enumerate(with_grads):
+            _, row, offset = positions[i][0]
+            values = (prev_signs[i], zetas[i], zs[i], thetas[i])
+            eight_bit_state.encode_(self.state[p], values, group, int(steps[i]), row, offset)
 
 
 def _check_not_replaced_by_fully_shard(params: list[Tensor]) -> None:
@@ -490,8 +527,15 @@ def validate_hyperparameters(group: dict[str, Any]) -> None:
             fail("betas", betas, "(beta_1, beta_2), each in [0, 1)")
         if group["denominator"] != "sqrt":
             fail("denominator", group["denominator"], "'sqrt' with variant='keras'")
-    if group["state_dtype"] not in compact_state.STATE_DTYPES:
-        fail("state_dtype", group["state_dtype"], f"one of {tuple(compact_state.STATE_DTYPES)}")
+    if group["state_dtype"] not in STATE_TYPES:
+        fail("state_dtype", group["state_dtype"], f"one of {STATE_TYPES}")
+    if group["state_dtype"] == EIGHT_BIT:
+        if group["variant"] != "algorithm1":
+            fail("state_dtype", EIGHT_BIT, "'fp32' or 'bf16' with variant='keras' (8-bit is Algorithm 1's)")
+        try:
+            eight_bit_state.exponent_bounds(group["etas"][1], *group["zeta_bounds"])
+        except ValueError as error:
+            raise ValueError(f"WAME: {error}") from None
     if group["fused"] and group["foreach"]:
         fail("fused", group["fused"], "fused=True together with foreach=False or None (choose one)")
 

@@ -19,6 +19,7 @@ OPTIMIZERS = {
     "wame_keras": "WAME (Keras code)",
     "wame_keras_grad": "WAME (Keras, gradient sign)",
     "wame_bf16": "WAME (bf16 state)",
+    "wame_8bit": "WAME (8-bit state)",
 }
 
 

@@ -6,7 +6,7 @@ SGD with momentum and RMSprop are torch's (DeepSpeed builds any ``torch.optim`` 
 Adam is DeepSpeed's own (its fused CPU/GPU kernels, DeepSpeedCPUAdam under offload) in plain Adam mode
 (DeepSpeed's default is AdamW), the WAME rules are wame_dist's: Algorithm 1 of the paper, and the authors'
 published Keras code with the previous weight's sign (as published) or the previous gradient's, and
-Algorithm 1 with its state in bfloat16 (issue 14's accuracy study).
+Algorithm 1 with its state in bfloat16 or 8 bits (issue 14's accuracy study).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ RULES = {
         "WAME (Keras, gradient sign)", "WAME", 1e-3, {"variant": "keras", "sign_source": "gradient"}
     ),
     "wame_bf16": Rule("WAME (bf16 state)", "WAME", 1e-3, {"state_dtype": "bf16"}),
+    "wame_8bit": Rule("WAME (8-bit state)", "WAME", 1e-3, {"state_dtype": "8bit"}),
 }
 OPTIMIZERS = tuple(RULES)
 DEFAULT_LR = {name: rule.default_lr for name, rule in RULES.items()}
