@@ -7,8 +7,9 @@ runs). All candidates update the same N fp32 parameters, once as one tensor and 
 The machine is shared and noisy, so candidates are interleaved round by round in one process and the
 figure that counts is the median over rounds of each candidate's time divided by the anchor's time in
 the same round. Also printed: median ms/step, Mparam/s, the effective memory bandwidth (bytes the
-rule must move per parameter: WAME 38, WAME with bfloat16 state 26, Adam 28), and the optimizer's state
-bytes per parameter.
+rule must move per parameter: WAME 38, WAME with bfloat16 state 26, with 8-bit state 19, Adam 28), and the
+optimizer's state bytes per parameter. The 8-bit state runs as torch ops around the step (no kernel reads
+it yet), so its row shows what that path costs, not what its bytes allow.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import torch
 from wame_dist import WAME
 
 #: Bytes read + written per fp32 parameter by one step: WAME reads w, g, zeta, z, theta (4 B each) and
-#: prev_sign (1 B) and writes all but g; with bfloat16 state zeta, z, theta take 2 B each; Adam reads w, g,
-#: m, v and writes w, m, v.
-BYTES_PER_PARAM = {"WAME": 38, "WAME bf16 state": 26, "Adam": 28}
+#: prev_sign (1 B) and writes all but g; with bfloat16 state zeta, z, theta take 2 B each; with 8-bit state
+#: the state is 3.27 B, read and written (19 B in all); Adam reads w, g, m, v and writes w, m, v.
+BYTES_PER_PARAM = {"WAME": 38, "WAME bf16 state": 26, "WAME 8-bit state": 19, "Adam": 28}
 
 
 def make_params(total: int, pieces: int) -> list[torch.nn.Parameter]:
@@ -51,6 +52,7 @@ def candidates(params: list[torch.nn.Parameter]) -> dict[str, torch.optim.Optimi
         "WAME foreach": WAME(params, lr=1e-3, foreach=True),
         "WAME fused": WAME(params, lr=1e-3, fused=True),
         "WAME fused, bf16 state": WAME(params, lr=1e-3, fused=True, state_dtype="bf16"),
+        "WAME fused, 8-bit state": WAME(params, lr=1e-3, fused=True, state_dtype="8bit"),
     }
 
 
@@ -58,7 +60,10 @@ def bytes_per_param(name: str) -> int:
     """What one step of candidate ``name`` must move per parameter (:data:`BYTES_PER_PARAM`)."""
     if not name.startswith("WAME"):
         return BYTES_PER_PARAM["Adam"]
-    return BYTES_PER_PARAM["WAME bf16 state" if "bf16 state" in name else "WAME"]
+    for state in ("bf16 state", "8-bit state"):
+        if state in name:
+            return BYTES_PER_PARAM[f"WAME {state}"]
+    return BYTES_PER_PARAM["WAME"]
 
 
 def state_bytes_per_param(optimizer: torch.optim.Optimizer, n_params: int) -> float:
