@@ -14,7 +14,7 @@ import torch
 from ds_worker import STATE_KEYS, ZERO, reference_run
 from launching import run_worker
 
-from wame_dist.deepspeed.checkpoint import reshard
+from wame_dist.deepspeed.checkpoint import consolidate, exported, read_checkpoint, reshard
 
 pytestmark = pytest.mark.multirank
 
@@ -227,3 +227,9 @@ def test_bf16_state_checkpoint_resumes_bitwise_and_reshards(zero, two_ranks, fou
     print(zero, "resharded 2 -> 4", found)
     for measure, bound in COMPACT_BOUNDS.items():
         assert found[measure] <= bound, (measure, found)
+    saved = exported(consolidate(read_checkpoint(two_ranks / "ckpt_bf16state" / zero)))["optimizer_state"]
+    for name, by_key in saved.items():  # the export keeps the state as stored
+        assert {key: by_key[key].dtype for key in STATE_KEYS} == {
+            "prev_sign": torch.int8, "zeta": torch.bfloat16, "z": torch.bfloat16, "theta": torch.bfloat16,
+        }, name  # fmt: skip
+        assert by_key["zeta"].shape == straight["params"][name].shape
