@@ -135,26 +135,46 @@ def encode_(
     offset: int,
 ) -> None:
     """Writes float32 zeta, z, theta and int8 prev_sign (``values``) into the 8-bit ``state`` after step
-    ``step``, rounding stochastically with the keys of place (``row``, ``offset``)."""
+    ``step``, rounding stochastically with the keys of place (``row``, ``offset``). Works through the
+    tensor in chunks of :data:`_CHUNK` elements (whole blocks and sign bytes), so that its float64
+    temporaries stay in cache."""
+    grids = tuple(g.to(values[1].device) if torch.is_tensor(g) else g for g in _grids(group))
+    flat_values = [v.reshape(-1) for v in values]
+    codes = {key: state[key].view(-1) for key in ("zeta", "z", "theta")}
+    n = flat_values[1].numel()
+    for start in range(0, n, _CHUNK):
+        stop = min(n, start + _CHUNK)
+        chunk = {key: code[start:stop] for key, code in codes.items()}
+        chunk["theta_scale"] = state["theta_scale"][start // BLOCK : -(-stop // BLOCK)]
+        chunk["prev_sign"] = state["prev_sign"][start // 4 : -(-stop // 4)]
+        part = tuple(v[start:stop] for v in flat_values)
+        _encode_chunk(chunk, part, group, grids, step, row, offset + start)
+
+
+#: Elements encoded at a time: a multiple of BLOCK and of 4 (whole theta blocks and prev_sign bytes).
+_CHUNK = 1 << 16
+
+
+def _encode_chunk(state, values, group, grids, step: int, row: int, offset: int) -> None:
+    """:func:`encode_` on one chunk: flat views of the codes and values, the chunk's scales and sign bytes."""
     prev_sign, zeta, z, theta = values
-    zeta_grid, z_grid, k_min, k_max = (g.to(zeta.device) if torch.is_tensor(g) else g for g in _grids(group))
+    zeta_grid, z_grid, k_min, k_max = grids
     device, n = zeta.device, zeta.numel()
 
-    flat = zeta.reshape(-1).float().clamp(zeta_grid[k_min + 127], zeta_grid[k_max + 127])
+    flat = zeta.float().clamp(zeta_grid[k_min + 127], zeta_grid[k_max + 127])
     guess = torch.floor(torch.log(flat.double()) / math.log(group["etas"][1])).to(torch.int64) + 127
-    index = _round_to_grid(
-        flat, zeta_grid.__getitem__, guess, 254, _uniform(step, row, offset, "zeta", n, device)
-    )
-    state["zeta"].copy_((index - 127).clamp(k_min, k_max).to(torch.int8).reshape(zeta.shape))
+    uniform = _uniform(step, row, offset, "zeta", n, device)
+    index = _round_to_grid(flat, zeta_grid.__getitem__, guess, 254, uniform)
+    state["zeta"].copy_((index - 127).clamp(k_min, k_max).to(torch.int8))
 
-    flat = z.reshape(-1).float().clamp(0.0, z_grid[-1])
+    flat = z.float().clamp(0.0, z_grid[-1])
     ratio = math.log(float(z_grid[2]) / float(z_grid[1]))
     guess = torch.floor(torch.log(flat.double().clamp_min(float(z_grid[1])) / float(z_grid[1])) / ratio)
     guess = torch.where(flat < z_grid[1], 0, guess.to(torch.int64) + 1)
     index = _round_to_grid(flat, z_grid.__getitem__, guess, 255, _uniform(step, row, offset, "z", n, device))
-    state["z"].copy_(index.to(torch.uint8).reshape(z.shape))
+    state["z"].copy_(index.to(torch.uint8))
 
-    flat = theta.reshape(-1).float()
+    flat = theta.float()
     scale = torch.nn.functional.pad(flat, (0, (-n) % BLOCK)).reshape(-1, BLOCK).amax(dim=1)
     state["theta_scale"].copy_(scale)
     per_element = scale.repeat_interleave(BLOCK)[:n]
@@ -167,8 +187,7 @@ def encode_(
     guess = torch.floor(255 + 8 * torch.log2(relative.clamp_min(float(theta_grid[1]))))
     guess = torch.where(relative < float(theta_grid[1]), 0, guess.to(torch.int64))
     index = _round_to_grid(flat, theta_of, guess, 255, _uniform(step, row, offset, "theta", n, device))
-    state["theta"].copy_(index.to(torch.uint8).reshape(theta.shape))
+    state["theta"].copy_(index.to(torch.uint8))
 
-    codes = torch.nn.functional.pad((prev_sign.reshape(-1) + 1).to(torch.uint8), (0, (-n) % 4), value=1)
-    codes = codes.reshape(-1, 4)
+    codes = torch.nn.functional.pad((prev_sign + 1).to(torch.uint8), (0, (-n) % 4), value=1).reshape(-1, 4)
     state["prev_sign"].copy_(codes[:, 0] | codes[:, 1] << 2 | codes[:, 2] << 4 | codes[:, 3] << 6)
