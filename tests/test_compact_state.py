@@ -393,3 +393,16 @@ def test_pieces_of_two_parameters_in_one_tensor_round_as_the_parameters():
             assert torch.equal(optimizer.state[flat][key], expected), (rank, key)
     with pytest.raises(ValueError, match="pieces of 5256 elements for a parameter of 10000"):
         optimizers[0].place({wholes[0]: [(5_000, 0, 0), (256, 0, 9)]})
+
+
+def test_places_survive_deepcopy_and_pickle():
+    """A deep copy (and a pickle) of a placed optimizer keeps each parameter's place, keyed by its copy."""
+    import copy
+    import pickle
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = WAME(model.parameters(), state_dtype="bf16")
+    optimizer.place({model.weight: (4, 100)})
+    for clone in (copy.deepcopy(optimizer), pickle.loads(pickle.dumps(optimizer))):
+        ((weight, _),) = [group["params"] for group in clone.param_groups]
+        assert clone.state_positions == {weight: [(6, 4, 100)]}

@@ -258,11 +258,18 @@ class WAME(Optimizer):
         ``grad_scale`` and ``found_inf`` on the optimizer instead of unscaling the gradients itself."""
         return bool(self.defaults["fused"])
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What pickling and ``copy.deepcopy`` keep: torch's optimizer state and the places of
+        :meth:`place` (keyed by the same parameters, so a deep copy keeps them for its copies)."""
+        return {**super().__getstate__(), "state_positions": self.state_positions}
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restores a pickled optimizer, or the state ``load_state_dict`` built, as torch's optimizers do:
         implementation flags missing from a group (a state_dict of an older version or of another writer)
-        take the constructor's defaults, and a ``step`` saved as a Python number becomes a tensor."""
+        take the constructor's defaults, a ``step`` saved as a Python number becomes a tensor, and a
+        pickle without places has none."""
         super().__setstate__(state)
+        self.__dict__.setdefault("state_positions", {})
         for group in self.param_groups:
             for key, default in _FLAG_DEFAULTS.items():
                 group.setdefault(key, default)
