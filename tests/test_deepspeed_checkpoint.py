@@ -466,6 +466,15 @@ def test_bad_world_sizes_are_refused(world_size, checkpoint, tmp_path, capsys):
     assert status == 2 and "--world-size" in err and not (tmp_path / "out").exists()
 
 
+def test_state_fp32_is_refused_where_it_means_nothing(checkpoint, tmp_path, capsys):
+    """``--state-fp32`` widens the state of a file export; with --dcp it is a usage error, before reading."""
+    out = tmp_path / "out"
+    status, err = run_cli(capsys, "export", str(checkpoint), "--out", str(out), "--dcp", "--state-fp32")
+    assert status == 2 and "--state-fp32 writes a file" in err and not out.exists()
+    status, _ = run_cli(capsys, "export", str(checkpoint), "--out", str(tmp_path / "a.pt"), "--state-fp32")
+    assert status == 0 and torch.load(tmp_path / "a.pt", weights_only=False)["meta"]["state_fp32"] is True
+
+
 def test_an_existing_output_is_left_alone(checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

@@ -233,3 +233,9 @@ def test_bf16_state_checkpoint_resumes_bitwise_and_reshards(zero, two_ranks, fou
             "prev_sign": torch.int8, "zeta": torch.bfloat16, "z": torch.bfloat16, "theta": torch.bfloat16,
         }, name  # fmt: skip
         assert by_key["zeta"].shape == straight["params"][name].shape
+    widened = exported(consolidate(read_checkpoint(two_ranks / "ckpt_bf16state" / zero)), state_fp32=True)
+    for name, by_key in widened["optimizer_state"].items():  # on request, float32: exactly the same values
+        for key in ("zeta", "z", "theta"):
+            assert by_key[key].dtype == torch.float32
+            assert torch.equal(by_key[key], saved[name][key].float()), (name, key)
+    assert widened["meta"]["state_fp32"] is True

@@ -62,6 +62,11 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tag", help=_TAG_HELP)
     parser.add_argument("--out", required=True, metavar="FILE", help="file (with --dcp: folder) to create")
     parser.add_argument("--dcp", action="store_true", help="write a ZeRO checkpoint as a DCP checkpoint")
+    parser.add_argument(
+        "--state-fp32",
+        action="store_true",
+        help="write WAME's bfloat16 state (state_dtype='bf16') as float32 (exact); file export of ZeRO only",
+    )
     parser.add_argument(TRUST_FLAG, action="store_true", help=_TRUST_HELP)
     return parser
 
@@ -102,11 +107,26 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     args = _parse(parser, argv)
     if isinstance(args, int):
         return args
+    if args.state_fp32 and args.dcp:
+        return _usage_error(parser, "--state-fp32 writes a file; a DCP checkpoint keeps the state as stored")
     from_dcp = dcp_bridge.dcp_tag(args.checkpoint_dir, args.tag) is not None
     if args.dcp and from_dcp:
         raise CheckpointError(f"{args.checkpoint_dir} is already a DCP checkpoint; drop --dcp")
-    write = dcp_bridge.zero_to_dcp if args.dcp else dcp_bridge.dcp_to_file if from_dcp else export
-    meta = write(args.checkpoint_dir, args.out, tag=args.tag, trust=args.trust_checkpoint)
+    if args.state_fp32 and from_dcp:
+        raise CheckpointError(
+            f"{args.checkpoint_dir} is an FSDP2 (DCP) checkpoint; --state-fp32 is for ZeRO's"
+        )
+    if args.dcp or from_dcp:
+        write = dcp_bridge.zero_to_dcp if args.dcp else dcp_bridge.dcp_to_file
+        meta = write(args.checkpoint_dir, args.out, tag=args.tag, trust=args.trust_checkpoint)
+    else:
+        meta = export(
+            args.checkpoint_dir,
+            args.out,
+            tag=args.tag,
+            trust=args.trust_checkpoint,
+            state_fp32=args.state_fp32,
+        )
     source = "FSDP2 (DCP)" if from_dcp else f"ZeRO-{meta['zero_stage']}"
     print(
         f"exported tag {meta['tag']!r} ({source} on {meta['world_size']} ranks, {len(meta['param_groups'])} "

@@ -6,6 +6,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from wame_dist import atomic
 from wame_dist.deepspeed.checkpoint.consolidate import Consolidated, consolidate, is_elementwise
 from wame_dist.deepspeed.checkpoint.layout import read_checkpoint
@@ -15,25 +17,32 @@ FORMAT = "wame-dist-export/1"
 
 
 def export(
-    checkpoint_dir: str | Path, out: str | Path, *, tag: str | None = None, trust: bool = False
+    checkpoint_dir: str | Path,
+    out: str | Path,
+    *,
+    tag: str | None = None,
+    trust: bool = False,
+    state_fp32: bool = False,
 ) -> dict[str, Any]:
     """Writes tag ``tag`` (default: the one in ``latest``) of the ZeRO checkpoint in ``checkpoint_dir`` to the
     new file ``out`` with ``torch.save``, atomically (see :func:`exported` for its contents); returns its
-    ``meta``. ``trust``: read the source with full unpickling (:mod:`.safe_load`)."""
+    ``meta``. ``trust``: read the source with full unpickling (:mod:`.safe_load`); ``state_fp32``: see
+    :func:`exported`."""
     out = fresh_path(out)
-    payload = exported(consolidate(read_checkpoint(checkpoint_dir, tag, trust=trust)))
+    payload = exported(consolidate(read_checkpoint(checkpoint_dir, tag, trust=trust)), state_fp32=state_fp32)
     atomic.torch_save(payload, out)
     return payload["meta"]
 
 
-def exported(cons: Consolidated) -> dict[str, Any]:
+def exported(cons: Consolidated, *, state_fp32: bool = False) -> dict[str, Any]:
     """``{"model", "optimizer_state", "meta"}``:
 
     * ``model``: the module's state dict with every parameter (tied aliases included) as its fp32 master
       weight shaped like the parameter; buffers as saved;
     * ``optimizer_state``: per optimized parameter, each element-wise state tensor shaped like the parameter
-      in its saved dtype (WAME: ``prev_sign`` int8, ``zeta``, ``z``, ``theta``) and the per-group values
-      as saved (WAME: 0-dim ``step``);
+      in its saved dtype (WAME: ``prev_sign`` int8, ``zeta``, ``z``, ``theta`` in float32, or bfloat16 for
+      ``state_dtype="bf16"``), or with ``state_fp32`` every bfloat16 state as float32 (exact), and the
+      per-group values as saved (WAME: 0-dim ``step``);
     * ``meta``: where it came from and what training state goes with it (steps, parameter groups with
       their settings and parameter names, loss scale, learning-rate scheduler state, ...).
     """
@@ -46,7 +55,7 @@ def exported(cons: Consolidated) -> dict[str, Any]:
         model[key] = cons.master[name].view(cons.shapes[name]).clone() if name in cons.master else tensor
     optimizer_state = {
         name: {
-            key: value.view(cons.shapes[name]) if is_elementwise(value) else value
+            key: _as_exported(value.view(cons.shapes[name]), state_fp32) if is_elementwise(value) else value
             for key, value in cons.state[name].items()
         }
         for name in cons.shapes
@@ -59,6 +68,7 @@ def exported(cons: Consolidated) -> dict[str, Any]:
         "zero_stage": source.stage,
         "world_size": source.world_size,
         "param_dtype": str(cons.param_dtype).removeprefix("torch."),
+        "state_fp32": state_fp32,
         "global_steps": states.get("global_steps"),
         "global_samples": states.get("global_samples"),
         "skipped_steps": states.get("skipped_steps"),
@@ -71,3 +81,8 @@ def exported(cons: Consolidated) -> dict[str, Any]:
         "ds_version": source.optim_file.get("ds_version", states.get("ds_version")),
     }
     return {"model": model, "optimizer_state": optimizer_state, "meta": meta}
+
+
+def _as_exported(tensor: torch.Tensor, state_fp32: bool) -> torch.Tensor:
+    """A state tensor as the export holds it: as saved, or bfloat16 widened to float32 with ``state_fp32``."""
+    return tensor.float() if state_fp32 and tensor.dtype == torch.bfloat16 else tensor
