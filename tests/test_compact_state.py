@@ -180,9 +180,12 @@ def test_runs_are_reproducible_and_single_equals_foreach():
                 assert torch.equal(optimizer.state[p][key], other.state[q][key])
 
 
-def test_state_dict_keeps_the_state_dtype_and_resumes_exactly():
+def resume_halfway(state_dtype: str, check_loaded=None):
+    """12 steps straight; and the state_dict saved after 6 (through torch.save / weights-only load) loaded
+    into a new optimizer, shown to ``check_loaded(resumed, resumed_params)``, which takes the last 6.
+    Returns the straight params and optimizer, the resumed ones, and the saved state_dict."""
     params = make_params(torch.float32)
-    optimizer = WAME(params, lr=1e-2, state_dtype="bf16")
+    optimizer = WAME(params, lr=1e-2, state_dtype=state_dtype)
     for t in range(12):
         if t == 6:
             buffer = io.BytesIO()
@@ -195,13 +198,22 @@ def test_state_dict_keeps_the_state_dtype_and_resumes_exactly():
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
     resumed_params = [torch.nn.Parameter(p) for p in saved["params"]]
-    resumed = WAME(resumed_params, lr=1e-2, state_dtype="bf16")
+    resumed = WAME(resumed_params, lr=1e-2, state_dtype=state_dtype)
     resumed.load_state_dict(saved["opt"])
-    assert resumed.state[resumed_params[0]]["theta"].dtype == torch.bfloat16
+    if check_loaded is not None:
+        check_loaded(resumed, resumed_params)
     for t in range(6, 12):
         for p, g in zip(resumed_params, gradients(resumed_params, t)):
             p.grad = g
         resumed.step()
+    return params, optimizer, resumed_params, resumed, saved["opt"]
+
+
+def test_state_dict_keeps_the_state_dtype_and_resumes_exactly():
+    def check_loaded(resumed, resumed_params):
+        assert resumed.state[resumed_params[0]]["theta"].dtype == torch.bfloat16
+
+    params, optimizer, resumed_params, resumed, _ = resume_halfway("bf16", check_loaded)
     for p, q in zip(params, resumed_params):
         assert torch.equal(p, q)
         for key in COMPACT:

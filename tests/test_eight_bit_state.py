@@ -8,7 +8,6 @@ state cannot do yet is refused with the alternative.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import subprocess
@@ -17,6 +16,7 @@ import sys
 import pytest
 import torch
 from launching import job_env
+from test_compact_state import resume_halfway
 from test_wame_implementations import gradients, make_params
 
 from wame_dist import WAME
@@ -180,33 +180,14 @@ def test_runs_are_reproducible_and_single_equals_foreach():
 
 
 def test_state_dict_keeps_the_codes_and_resumes_exactly():
-    params = make_params(torch.float32)
-    optimizer = WAME(params, lr=1e-2, state_dtype="8bit")
-    for t in range(12):
-        if t == 6:
-            buffer = io.BytesIO()
-            torch.save(
-                {"params": [p.detach().clone() for p in params], "opt": optimizer.state_dict()}, buffer
-            )
-        for p, g in zip(params, gradients(params, t)):
-            p.grad = g
-        optimizer.step()
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
-    resumed_params = [torch.nn.Parameter(p) for p in saved["params"]]
-    resumed = WAME(resumed_params, lr=1e-2, state_dtype="8bit")
-    resumed.load_state_dict(saved["opt"])
-    for t in range(6, 12):
-        for p, g in zip(resumed_params, gradients(resumed_params, t)):
-            p.grad = g
-        resumed.step()
+    params, optimizer, resumed_params, resumed, saved = resume_halfway("8bit")
     for p, q in zip(params, resumed_params):
         assert torch.equal(p, q)
         for key in eight_bit_state.DTYPES:
             assert optimizer.state[p][key].dtype == resumed.state[q][key].dtype
             assert torch.equal(optimizer.state[p][key], resumed.state[q][key]), key
     with pytest.raises(ValueError, match="holds state_dtype='8bit' state"):
-        WAME(make_params(torch.float32), state_dtype="bf16").load_state_dict(saved["opt"])
+        WAME(make_params(torch.float32), state_dtype="bf16").load_state_dict(saved)
 
 
 UNDER_DEEPSPEED = """

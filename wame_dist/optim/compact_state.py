@@ -70,6 +70,14 @@ def storage_dtype(state_dtype: str, param: Tensor) -> torch.dtype:
     return STATE_DTYPES[state_dtype] or param.dtype
 
 
+def keyed_bits(key: int, first: int, n: int, device: torch.device) -> Tensor:
+    """``lowbias32((key + first + e) mod 2**32)`` for ``e`` in ``[0, n)`` (int64): the 32 random bits of
+    ``n`` consecutive elements starting at position ``first`` (:data:`NOISE` says which 16 each state
+    takes)."""
+    positions = torch.arange(first, first + n, dtype=torch.int64, device=device)
+    return lowbias32((key + positions) & MASK32)
+
+
 def stochastic_round_(out: Tensor, value: Tensor, key: int, shift: int = 0, offset: int = 0) -> Tensor:
     """Writes the float32 ``value`` into the bfloat16 ``out`` (same shape), rounded stochastically with
     bits ``shift`` to ``shift + 15`` of ``lowbias32((key + offset + e) mod 2**32)`` for the element at
@@ -78,10 +86,8 @@ def stochastic_round_(out: Tensor, value: Tensor, key: int, shift: int = 0, offs
     rounded = torch.empty(flat_value.shape, dtype=torch.int16, device=flat_value.device)
     for start in range(0, flat_value.numel(), _CHUNK):
         piece = flat_value[start : start + _CHUNK]
-        positions = torch.arange(
-            offset + start, offset + start + piece.numel(), dtype=torch.int64, device=piece.device
-        )
-        noise = ((lowbias32((key + positions) & MASK32) >> shift) & 0xFFFF).to(torch.int32)
+        bits = keyed_bits(key, offset + start, piece.numel(), piece.device)
+        noise = ((bits >> shift) & 0xFFFF).to(torch.int32)
         bits = (piece.view(torch.int32) + noise) >> 16  # the high 16 bits, with the carry or not
         rounded[start : start + piece.numel()] = torch.where(piece.isnan(), _NAN, bits).to(torch.int16)
     out.view(torch.int16).copy_(rounded.view(value.shape))

@@ -29,13 +29,14 @@ partitions would cut them (and whose checkpoint tools cut every state like its w
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import Tensor
 
-from wame_dist.hashing import MASK32, key_of, lowbias32
-from wame_dist.optim.compact_state import NOISE
+from wame_dist.hashing import key_of
+from wame_dist.optim.compact_state import NOISE, keyed_bits
 
 #: Elements per block of ``theta`` sharing one float32 scale.
 BLOCK = 256
@@ -66,12 +67,23 @@ def exponent_bounds(eta_plus: float, zeta_min: float, zeta_max: float) -> tuple[
     return k_min, k_max
 
 
-def _grids(group: dict) -> tuple[Tensor, Tensor, int, int]:
+#: zeta's lattice, z's grid (float32) and zeta's exponent bounds (k_min, k_max).
+Grids = tuple[Tensor, Tensor, int, int]
+
+
+def _grids(group: dict) -> Grids:
     """zeta's lattice (index k + 127) and z's grid (code 0..255) as float32, for a parameter group."""
-    eta_plus = group["etas"][1]
-    k_min, k_max = exponent_bounds(eta_plus, *group["zeta_bounds"])
+    return _grids_of(group["etas"][1], *group["zeta_bounds"], group["alpha"])
+
+
+@functools.cache
+def _grids_of(
+    eta_plus: float, zeta_min: float, zeta_max: float, alpha: float
+) -> tuple[Tensor, Tensor, int, int]:
+    """:func:`_grids` of these hyperparameters (built once: every step decodes and encodes with them)."""
+    k_min, k_max = exponent_bounds(eta_plus, zeta_min, zeta_max)
     zeta_grid = torch.tensor([eta_plus**k for k in range(-127, 128)], dtype=torch.float32)
-    low, high = (1 - group["alpha"]) * eta_plus**k_min, eta_plus**k_max
+    low, high = (1 - alpha) * eta_plus**k_min, eta_plus**k_max
     z_grid = torch.tensor(
         [0.0] + [low * (high / low) ** ((c - 1) / 254) for c in range(1, 256)], dtype=torch.float32
     )
@@ -97,8 +109,9 @@ def decode(state: dict[str, Tensor], param: Tensor, group: dict) -> tuple[Tensor
     device, shape, n = param.device, param.shape, param.numel()
     shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=device)
     signs = ((state["prev_sign"][:, None] >> shifts) & 3).reshape(-1)[:n].to(torch.int8) - 1
-    zeta = zeta_grid.to(device)[state["zeta"].to(torch.int64) + 127]
-    z = z_grid.to(device)[state["z"].to(torch.int64)]
+    # 1-d indices, so that each lookup is a copy (a 0-dim index would give a view of the shared grid)
+    zeta = zeta_grid.to(device)[state["zeta"].reshape(-1).to(torch.int64) + 127].reshape(shape)
+    z = z_grid.to(device)[state["z"].reshape(-1).to(torch.int64)].reshape(shape)
     per_element_scale = state["theta_scale"].repeat_interleave(BLOCK)[:n]
     theta = (_THETA_GRID.to(device)[state["theta"].reshape(-1).to(torch.int64)] * per_element_scale).reshape(
         shape
@@ -106,12 +119,14 @@ def decode(state: dict[str, Tensor], param: Tensor, group: dict) -> tuple[Tensor
     return signs.reshape(shape), zeta, z, theta
 
 
-def _uniform(step: int, row: int, offset: int, name: str, n: int, device: torch.device) -> Tensor:
-    """The keyed 16 random bits of each of ``n`` elements for state ``name``, as uniforms in (0, 1)."""
-    k, shift = NOISE[name]
-    positions = torch.arange(offset, offset + n, dtype=torch.int64, device=device)
-    bits = (lowbias32((key_of(step, row, k) + positions) & MASK32) >> shift) & 0xFFFF
-    return (bits.to(torch.float64) + 0.5) / 65536.0
+def _uniforms(step: int, row: int, offset: int, n: int, device: torch.device) -> dict[str, Tensor]:
+    """The keyed 16 random bits of each of ``n`` elements for each state, as uniforms in (0, 1): each hash
+    ``h_k`` computed once (:func:`wame_dist.optim.compact_state.keyed_bits`), its halves as NOISE says."""
+    hashes = {k: keyed_bits(key_of(step, row, k), offset, n, device) for k in {k for k, _ in NOISE.values()}}
+    return {
+        name: (((hashes[k] >> shift) & 0xFFFF).to(torch.float64) + 0.5) / 65536.0
+        for name, (k, shift) in NOISE.items()
+    }
 
 
 def _round_to_grid(value: Tensor, decoded, guess: Tensor, top: int, uniform: Tensor) -> Tensor:
@@ -160,18 +175,18 @@ def _encode_chunk(state, values, group, grids, step: int, row: int, offset: int)
     prev_sign, zeta, z, theta = values
     zeta_grid, z_grid, k_min, k_max = grids
     device, n = zeta.device, zeta.numel()
+    uniform = _uniforms(step, row, offset, n, device)
 
     flat = zeta.float().clamp(zeta_grid[k_min + 127], zeta_grid[k_max + 127])
     guess = torch.floor(torch.log(flat.double()) / math.log(group["etas"][1])).to(torch.int64) + 127
-    uniform = _uniform(step, row, offset, "zeta", n, device)
-    index = _round_to_grid(flat, zeta_grid.__getitem__, guess, 254, uniform)
+    index = _round_to_grid(flat, zeta_grid.__getitem__, guess, 254, uniform["zeta"])
     state["zeta"].copy_((index - 127).clamp(k_min, k_max).to(torch.int8))
 
     flat = z.float().clamp(0.0, z_grid[-1])
     ratio = math.log(float(z_grid[2]) / float(z_grid[1]))
     guess = torch.floor(torch.log(flat.double().clamp_min(float(z_grid[1])) / float(z_grid[1])) / ratio)
     guess = torch.where(flat < z_grid[1], 0, guess.to(torch.int64) + 1)
-    index = _round_to_grid(flat, z_grid.__getitem__, guess, 255, _uniform(step, row, offset, "z", n, device))
+    index = _round_to_grid(flat, z_grid.__getitem__, guess, 255, uniform["z"])
     state["z"].copy_(index.to(torch.uint8))
 
     flat = theta.float()
@@ -186,7 +201,7 @@ def _encode_chunk(state, values, group, grids, step: int, row: int, offset: int)
     relative = flat.double() / per_element.double().clamp_min(1e-300)
     guess = torch.floor(255 + 8 * torch.log2(relative.clamp_min(float(theta_grid[1]))))
     guess = torch.where(relative < float(theta_grid[1]), 0, guess.to(torch.int64))
-    index = _round_to_grid(flat, theta_of, guess, 255, _uniform(step, row, offset, "theta", n, device))
+    index = _round_to_grid(flat, theta_of, guess, 255, uniform["theta"])
     state["theta"].copy_(index.to(torch.uint8))
 
     codes = torch.nn.functional.pad((prev_sign + 1).to(torch.uint8), (0, (-n) % 4), value=1).reshape(-1, 4)

@@ -143,10 +143,10 @@ def fused_wame(
             takes = key is not None or _kernel_can_take(row)  # a key: the caller checked takes_compact
             (dense if takes else other).append((*row, key))
         if dense:
-            keyed = any(key is not None for *_, key in dense)  # only the CPU kernel takes keys
-            placed = [key or (0, 0, 0) for *_, key in dense]
-            compact = dict(zip(("state_steps", "state_rows", "state_offsets"), map(list, zip(*placed))))
-            compact = compact if keyed else {}
+            compact = {}
+            if any(key is not None for *_, key in dense):  # only the CPU kernel takes keys
+                placed = [key or (0, 0, 0) for *_, key in dense]
+                compact = dict(zip(("state_steps", "state_rows", "state_offsets"), map(list, zip(*placed))))
             _kernel_for(device)(*map(list, zip(*(row[:-1] for row in dense))), **hyper, **amp, **compact)
         if other:
             multi_tensor_fallback(*map(list, zip(*(row[:-1] for row in other))), **hyper, **amp)

@@ -319,9 +319,9 @@ class WAME(Optimizer):
                         state[key] = state[key].to(dtype)
 
     def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], ...]:
-        """Collects the group's parameters that have gradients, with their gradients, state and positions
-        (:meth:`place`)."""
-        params, grads, prev_signs, zetas, zs, thetas, steps, positions = [], [], [], [], [], [], [], []
+        """Collects the group's parameters that have gradients, with their gradients, state, positions
+        (:meth:`place`) and state dicts (which :meth:`_encode_8bit` writes back into)."""
+        params, grads, prev_signs, zetas, zs, thetas, steps, positions, states = ([] for _ in range(9))
         first = 0  # the index of the group's first parameter among all of the optimizer's
         for other in self.param_groups:
             if other is group:
@@ -351,21 +351,24 @@ class WAME(Optimizer):
             thetas.append(theta)
             steps.append(state["step"])
             positions.append(self.state_positions.get(p, [(p.numel(), index, 0)]))
-        return params, grads, prev_signs, zetas, zs, thetas, steps, positions
+            states.append(state)
+        return params, grads, prev_signs, zetas, zs, thetas, steps, positions, states
 
     def _state_of(self, p: Tensor, param: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         """The state of ``p`` (``param``: its real view), each missing key created at its initial value, and
         a ``prev_sign`` widened by a foreign checkpoint loader narrowed back to int8 (exactly)."""
         state = self.state[p]
         if group["state_dtype"] == EIGHT_BIT:
-            if param.dtype != torch.float32:
-                raise ValueError(f"WAME(state_dtype='8bit') updates float32 parameters, not {param.dtype}")
-            if _torch_compat.local_tensors([param])[0] is not param:
-                raise ValueError(
-                    "WAME(state_dtype='8bit') is not supported for sharded (DTensor, FSDP2) parameters yet; "
-                    "use state_dtype='bf16'"
-                )
             if "zeta" not in state:
+                if param.dtype != torch.float32:
+                    raise ValueError(
+                        f"WAME(state_dtype='8bit') updates float32 parameters, not {param.dtype}"
+                    )
+                if _torch_compat.local_tensors([param])[0] is not param:
+                    raise ValueError(
+                        "WAME(state_dtype='8bit') is not supported for sharded (DTensor, FSDP2) parameters "
+                        "yet; use state_dtype='bf16'"
+                    )
                 state.update(step=_step_counter(0.0), **eight_bit_state.create(param))
             return state
         for key, factory in _STATE_FACTORIES.items():
@@ -405,7 +408,7 @@ class WAME(Optimizer):
             fresh = all(p not in self.state for p in group["params"])
             if fresh:
                 _check_not_replaced_by_fully_shard(group["params"])
-            *tensors, positions = self._init_group(group)
+            *tensors, positions, states = self._init_group(group)
             if not tensors[0] or (fresh and _is_initialisation_step(group["lr"], tensors[1])):
                 continue
             eta_minus, eta_plus = group["etas"]
@@ -434,18 +437,19 @@ class WAME(Optimizer):
                 state_positions=positions,
             )
             if group["state_dtype"] == EIGHT_BIT:
-                self._encode_8bit(group, tensors, positions)
+                _encode_8bit(group, tensors, positions, states)
         return loss
 
-    def _encode_8bit(self, group: dict[str, Any], tensors: list[list[Tensor]], positions) -> None:
-        """Writes the decoded state the rule updated back into the 8-bit codes of the group's parameters
-        (those with gradients, in :meth:`_init_group`'s order)."""
-        with_grads = [p for p in group["params"] if p.grad is not None]
-        _, _, prev_signs, zetas, zs, thetas, steps = tensors
-        for i, p in enumerate(with_grads):
-            _, row, offset = positions[i][0]
-            values = (prev_signs[i], zetas[i], zs[i], thetas[i])
-            eight_bit_state.encode_(self.state[p], values, group, int(steps[i]), row, offset)
+
+def _encode_8bit(group: dict[str, Any], tensors: list[list[Tensor]], positions, states) -> None:
+    """Writes the decoded state the rule updated (``tensors``, as :meth:`WAME._init_group` collected them)
+    back into the 8-bit codes of ``states``, each keyed by its parameter's first place."""
+    _, _, prev_signs, zetas, zs, thetas, steps = tensors
+    for state, prev_sign, zeta, z, theta, step, placed in zip(
+        states, prev_signs, zetas, zs, thetas, steps, positions, strict=True
+    ):
+        _, row, offset = placed[0]
+        eight_bit_state.encode_(state, (prev_sign, zeta, z, theta), group, int(step), row, offset)
 
 
 def _check_not_replaced_by_fully_shard(params: list[Tensor]) -> None:

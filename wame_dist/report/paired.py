@@ -16,7 +16,7 @@ from scipy import stats
 
 from wame_dist.report.paper import PAPER_DATASETS
 from wame_dist.report.results import Groups, display_name
-from wame_dist.report.significance import METRICS, complete_blocks
+from wame_dist.report.significance import METRICS, complete_blocks, values_by_seed
 
 #: The confidence level of the intervals.
 CONFIDENCE = 0.95
@@ -43,13 +43,11 @@ def paired_differences(groups: Groups) -> list[dict]:
         if len(optimizers) < 2 or len(seeds) < 2:
             continue
         baseline, others = optimizers[0], optimizers[1:]
-        entry: dict = {"dataset": dataset, "model": model, "baseline": baseline, "seeds": seeds, "pairs": {}}
-        for other in others:
-            entry["pairs"][other] = {}
-            for metric, (read, _) in METRICS.items():
-                value = {
-                    (run.seed, run.optimizer): read(run) for runs in by_optimizer.values() for run in runs
-                }
+        entry: dict = {"dataset": dataset, "model": model, "baseline": baseline, "seeds": seeds}
+        entry["pairs"] = {other: {} for other in others}
+        for metric, (read, _) in METRICS.items():
+            value = values_by_seed(by_optimizer, read)
+            for other in others:
                 differences = [value[seed, other] - value[seed, baseline] for seed in seeds]
                 entry["pairs"][other][metric] = paired_summary(differences)
         results.append(entry)

@@ -26,6 +26,11 @@ def complete_blocks(by_optimizer: Mapping[str, Sequence[Run]]) -> tuple[list[int
     return usable, [seed for seed in seeds if seed not in usable]
 
 
+def values_by_seed(by_optimizer: Mapping[str, Sequence[Run]], read) -> dict[tuple[int, str], float]:
+    """A metric (``read``, of :data:`METRICS`) of every run, by (seed, optimizer)."""
+    return {(run.seed, run.optimizer): read(run) for runs in by_optimizer.values() for run in runs}
+
+
 def significance(groups: Groups) -> list[dict]:
     """For each (dataset, model), the aligned-ranks test over optimizers on each metric of :data:`METRICS`.
 
@@ -48,7 +53,7 @@ def significance(groups: Groups) -> list[dict]:
             if len(optimizers) < 2 or len(seeds) < 2:
                 entry["metrics"][metric] = {"skipped": "needs at least 2 optimizers and 2 complete seeds"}
                 continue
-            value = {(run.seed, run.optimizer): read(run) for runs in by_optimizer.values() for run in runs}
+            value = values_by_seed(by_optimizer, read)
             table = [[value[seed, optimizer] for optimizer in optimizers] for seed in seeds]
             result = asdict(friedman_aligned_ranks(table))
             result["mean_ranks"] = dict(zip(optimizers, result["mean_ranks"], strict=True))
