@@ -24,6 +24,7 @@ from typing import Any
 
 from wame_dist.errors import BadInput
 from wame_dist.optim import WAME
+from wame_dist.optim.wame import EIGHT_BIT
 
 #: The optimizer name of a WAME block ("type"), compared without case as DeepSpeed compares its own names.
 WAME_TYPE = "wame"
@@ -83,7 +84,7 @@ def wame_arguments(params: dict[str, Any] | None) -> dict[str, Any]:
 def require_shardable_state(state_dtype: str) -> None:
     """Refuses ``state_dtype="8bit"`` under ZeRO: its per-block scales and packed signs do not have their
     weight's shape, which ZeRO's partitions and checkpoint tools assume ("fp32" and "bf16" do)."""
-    if state_dtype == "8bit":
+    if state_dtype == EIGHT_BIT:
         raise ConfigError(
             "WAME(state_dtype='8bit') is not supported under ZeRO yet (its partitions and checkpoints cut "
             "every state like its weight; 8-bit theta has one scale per block and prev_sign four per "

@@ -23,8 +23,8 @@ unbiased in the value (not in its logarithm): between neighbours ``lo < v < hi``
 probability ``(v - lo) / (hi - lo)``, with 16 keyed random bits as :mod:`wame_dist.optim.compact_state`
 draws them (same keys, places and :data:`~wame_dist.optim.compact_state.NOISE`), so runs are reproducible
 bit for bit. A value already on its grid is encoded as it is, so a skipped step changes nothing. Blocks
-are cut in the parameter's own row-major order: ``state_dtype="8bit"`` is refused inside DeepSpeed, whose
-partitions would cut them (and whose checkpoint tools cut every state like its weight).
+are cut in the parameter's own row-major order: ``state_dtype="8bit"`` is refused under DeepSpeed's ZeRO,
+whose partitions would cut them and whose checkpoint tools cut every state like its weight (stage 0 works).
 """
 
 from __future__ import annotations
